@@ -1,0 +1,572 @@
+"""The compression search space of a teacher: actions, students, parameter counts, encodings.
+
+An `Action` is plain data -- which layers are removed, how much each channel group shrinks, which
+skip edges are added -- and `teacher + action -> student` is deterministic (`materialize`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedding.graph import INPUT, KINDS, Layer, LayerGraph, trace
+
+__all__ = [
+    "ACTION_FORMAT_VERSION",
+    "REMOVE_PROBS",
+    "SKIP_PROBS",
+    "Action",
+    "CompressionSpace",
+    "InvalidActionError",
+    "StudentNet",
+    "TooManyLayersError",
+]
+
+ACTION_FORMAT_VERSION = 1
+#: The paper's choices for the per-candidate layer-removal probability p1.
+REMOVE_PROBS: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+#: The paper's choices for the per-candidate skip-addition probability p3.
+SKIP_PROBS: tuple[float, ...] = (0.003, 0.005, 0.01, 0.03, 0.05)
+
+_NUMERIC = ("kernel", "stride", "padding", "groups", "in_channels", "out_channels")
+
+
+class InvalidActionError(ValueError):
+    """An action that does not belong to this space (wrong teacher, bad indices, bad ratios)."""
+
+
+class TooManyLayersError(ValueError):
+    """The teacher has more layers than the encoding's `max_layers`."""
+
+
+@dataclass(frozen=True)
+class Action:
+    """One compressed architecture, relative to its teacher.
+
+    Attributes:
+        removed: indices of layers replaced by identity, increasing.
+        shrink: one ratio r in [0, 1) per shrinkable channel group; the group keeps
+            max(1, int((1 - r) * F)) of its F channels.
+        skips: added edges (i, j), i < j: layer j also reads layer i's output.
+        teacher: fingerprint of the teacher space the action belongs to (optional).
+    """
+
+    removed: tuple[int, ...] = ()
+    shrink: tuple[float, ...] = ()
+    skips: tuple[tuple[int, int], ...] = ()
+    teacher: str | None = None
+
+    def to_json(self) -> str:
+        """Serialise to a JSON string (format version included)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": ACTION_FORMAT_VERSION,
+            "teacher": self.teacher,
+            "removed": list(self.removed),
+            "shrink": list(self.shrink),
+            "skips": [list(e) for e in self.skips],
+        }
+
+    @classmethod
+    def from_json(cls, data: str | bytes | dict[str, Any]) -> Action:
+        """Parse an action from `to_json()` output (or the equivalent dict).
+
+        Raises:
+            InvalidActionError: malformed JSON, unknown format version or wrong field types.
+        """
+        try:
+            obj = json.loads(data) if isinstance(data, str | bytes) else dict(data)
+        except (ValueError, TypeError) as exc:
+            raise InvalidActionError(f"action is not valid JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise InvalidActionError("action JSON must be an object")
+        version = obj.get("version", ACTION_FORMAT_VERSION)
+        if version != ACTION_FORMAT_VERSION:
+            raise InvalidActionError(
+                f"action format version {version!r} is not supported (expected "
+                f"{ACTION_FORMAT_VERSION})"
+            )
+        try:
+            teacher = obj.get("teacher")
+            return cls(
+                removed=tuple(int(i) for i in obj.get("removed", ())),
+                shrink=tuple(float(r) for r in obj.get("shrink", ())),
+                skips=tuple((int(e[0]), int(e[1])) for e in obj.get("skips", ())),
+                teacher=None if teacher is None else str(teacher),
+            )
+        except (TypeError, ValueError, IndexError, KeyError) as exc:
+            raise InvalidActionError(f"action JSON has a malformed field: {exc}") from exc
+
+    @property
+    def key(self) -> str:
+        """A canonical string identifying the architecture (ignores the teacher fingerprint)."""
+        return json.dumps(
+            [list(self.removed), [repr(r) for r in self.shrink], [list(e) for e in self.skips]],
+            separators=(",", ":"),
+        )
+
+
+@dataclass
+class _Resolved:
+    """Per-action channel counts and effective inputs, computed once and shared."""
+
+    removed: set[int]
+    keep: np.ndarray  # kept channels per teacher group id
+    inputs: list[tuple[int, ...]]  # effective inputs per layer (teacher edges + skips)
+    skip_in: list[tuple[int, ...]] = field(default_factory=list)
+
+
+class StudentNet(nn.Module):
+    """Executes a (compressed) layer graph in topological order.
+
+    Each kept layer with weights is a submodule `layers.<index>`; removed layers pass their input
+    through; a layer with several inputs sums them (concatenates for Concat layers).
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        inputs: Sequence[tuple[int, ...]],
+        removed: set[int],
+        modules: dict[int, nn.Module],
+        slices: dict[int, tuple[int, int]],
+        shuffles: dict[int, int],
+    ) -> None:
+        super().__init__()
+        self.ops = [layer.op for layer in layers]
+        self.inputs = [tuple(i) for i in inputs]
+        self.removed = sorted(removed)
+        self._removed = set(removed)
+        self.layers = nn.ModuleDict({str(i): m for i, m in modules.items()})
+        self.slices = dict(slices)
+        self.shuffles = dict(shuffles)
+        # Drop each intermediate output after its last reader, to bound activation memory.
+        last_use: dict[int, int] = {}
+        for i, ins in enumerate(self.inputs):
+            for j in ins:
+                last_use[j] = i
+        self._free_after = [
+            [j for j, last in last_use.items() if last == i and j != INPUT]
+            for i in range(len(self.inputs))
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outs: dict[int, torch.Tensor] = {INPUT: x}
+        for i, (op, ins) in enumerate(zip(self.ops, self.inputs, strict=True)):
+            if op == "concat":
+                y = torch.cat([outs[j] for j in ins], dim=1)
+            else:
+                y = outs[ins[0]]
+                for j in ins[1:]:
+                    y = y + outs[j]
+                if i not in self._removed:
+                    y = self._apply(i, op, y)
+            outs[i] = y
+            for j in self._free_after[i]:
+                del outs[j]
+        return outs[len(self.ops) - 1]
+
+    def _apply(self, i: int, op: str, y: torch.Tensor) -> torch.Tensor:
+        if op == "add":
+            return y
+        if op == "flatten":
+            return torch.flatten(y, 1)
+        if op == "slice":
+            start, stop = self.slices[i]
+            return y[:, start:stop]
+        if op == "shuffle":
+            return nn.functional.channel_shuffle(y, self.shuffles[i])
+        return self.layers[str(i)](y)
+
+
+class CompressionSpace:
+    """All students reachable from one teacher by the paper's three compression operators.
+
+    Build it with `CompressionSpace.from_model(teacher)`; it keeps a reference to the teacher's
+    weights for `materialize`.
+    """
+
+    def __init__(
+        self, graph: LayerGraph, teacher: nn.Module | None = None, max_layers: int = 128
+    ) -> None:
+        if len(graph.layers) > max_layers:
+            raise TooManyLayersError(
+                f"the teacher has {len(graph.layers)} layers but max_layers={max_layers}; "
+                f"pass max_layers >= {len(graph.layers)}"
+            )
+        self.graph = graph
+        self.max_layers = int(max_layers)
+        self.teacher = teacher
+        self._state = (
+            {k: v.detach() for k, v in teacher.state_dict().items()} if teacher is not None else {}
+        )
+        layers = graph.layers
+        self.num_layers = len(layers)
+        self.shrinkable = graph.shrinkable_groups
+        self._shrink_pos = {g: k for k, g in enumerate(self.shrinkable)}
+        self.removable: tuple[int, ...] = tuple(
+            layer.index for layer in layers if self._is_removable(layer)
+        )
+        self.skip_candidates: tuple[tuple[int, int], ...] = self._skip_candidates()
+        self._skip_set = set(self.skip_candidates)
+        self._removable_set = set(self.removable)
+        self.fingerprint = hashlib.sha256(
+            json.dumps([[la.op, list(la.inputs), list(la.out_shape)] for la in layers]).encode()
+        ).hexdigest()[:16]
+        self._template = self._encode_template()
+        self.teacher_params = self.num_params(self.empty_action())
+
+    # ----------------------------------------------------------------------------- building
+    @classmethod
+    def from_model(
+        cls, teacher: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32), max_layers: int = 128
+    ) -> CompressionSpace:
+        """Trace `teacher` and build its space (raises `UnsupportedModelError`,
+        `TooManyLayersError`)."""
+        return cls(trace(teacher, input_shape), teacher, max_layers)
+
+    def _is_removable(self, layer: Layer) -> bool:
+        if len(layer.inputs) != 1 or layer.in_shape != layer.out_shape:
+            return False
+        if layer.op in ("add", "slice", "concat", "flatten"):
+            return False
+        in_spec = self.graph.spec_of(layer.inputs[0])
+        out_spec = self.graph.specs[layer.index]
+        return in_spec == out_spec or (len(in_spec) == 1 and len(out_spec) == 1)
+
+    def _skip_candidates(self) -> tuple[tuple[int, int], ...]:
+        layers = self.graph.layers
+        out: list[tuple[int, int]] = []
+        for j, lj in enumerate(layers):
+            if lj.op in ("concat", "slice"):
+                continue
+            in_spec = self.graph.spec_of(lj.inputs[0])
+            for i in range(j - 1):
+                if i in lj.inputs or layers[i].out_shape != lj.in_shape:
+                    continue
+                sp = self.graph.specs[i]
+                if sp == in_spec or (len(sp) == 1 and len(in_spec) == 1):
+                    out.append((i, j))
+        return tuple(out)
+
+    def empty_action(self) -> Action:
+        """The action that changes nothing (rebuilds the teacher)."""
+        return Action((), tuple(0.0 for _ in self.shrinkable), (), self.fingerprint)
+
+    def most_aggressive_action(self) -> Action:
+        """Every removable layer removed and every shrinkable group down to one channel."""
+        return Action(
+            self.removable, tuple(0.999999 for _ in self.shrinkable), (), self.fingerprint
+        )
+
+    # ----------------------------------------------------------------------------- sampling
+    def sample(self, rng: np.random.Generator) -> Action:
+        """Draw an action with the paper's distributions (DESIGN.md section 3)."""
+        p1 = REMOVE_PROBS[int(rng.integers(len(REMOVE_PROBS)))]
+        p3 = SKIP_PROBS[int(rng.integers(len(SKIP_PROBS)))]
+        removable = np.asarray(self.removable, dtype=np.int64)
+        removed = removable[rng.random(len(removable)) < p1]
+        shrink = rng.random(len(self.shrinkable))
+        removed_set = set(removed.tolist())
+        cand = self.skip_candidates
+        picks = np.flatnonzero(rng.random(len(cand)) < p3)
+        skips = tuple(cand[k] for k in picks if cand[k][1] not in removed_set)
+        return Action(
+            tuple(int(i) for i in removed), tuple(float(r) for r in shrink), skips, self.fingerprint
+        )
+
+    def validate(self, action: Action) -> None:
+        """Raise `InvalidActionError` unless `action` belongs to this space."""
+        if action.teacher is not None and action.teacher != self.fingerprint:
+            raise InvalidActionError(
+                f"the action was made for teacher {action.teacher}, not this one "
+                f"({self.fingerprint}); sample actions from this teacher's space"
+            )
+        if len(action.shrink) != len(self.shrinkable):
+            raise InvalidActionError(
+                f"the action has {len(action.shrink)} shrink ratios but this teacher has "
+                f"{len(self.shrinkable)} shrinkable channel groups"
+            )
+        for r in action.shrink:
+            if not 0.0 <= r < 1.0:
+                raise InvalidActionError(f"shrink ratios must lie in [0, 1), got {r}")
+        for i in action.removed:
+            if i not in self._removable_set:
+                raise InvalidActionError(f"layer {i} cannot be removed (not a removable layer)")
+        removed = set(action.removed)
+        for e in action.skips:
+            if e not in self._skip_set:
+                raise InvalidActionError(f"skip edge {e} is not allowed in this teacher's space")
+            if e[1] in removed:
+                raise InvalidActionError(f"skip edge {e} leads into a removed layer")
+
+    # ------------------------------------------------------------------ channel resolution
+    def _resolve(self, action: Action) -> _Resolved:
+        self.validate(action)
+        g = self.graph
+        n_groups = len(g.group_sizes)
+        parent = list(range(n_groups))
+
+        def find(x: int) -> int:
+            while parent[x] != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        def union(a: int, b: int) -> None:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+
+        def join(sa: tuple, sb: tuple) -> None:
+            for (ga, _), (gb, _) in zip(sa, sb, strict=True):
+                union(ga, gb)
+
+        removed = set(action.removed)
+        for i in removed:
+            join(g.spec_of(g.layers[i].inputs[0]), g.specs[i])
+        skip_in: list[list[int]] = [[] for _ in g.layers]
+        for i, j in action.skips:
+            join(g.specs[i], g.spec_of(g.layers[j].inputs[0]))
+            skip_in[j].append(i)
+        # Each merged set keeps the ratio of its lowest-numbered member; frozen members win.
+        keep = np.asarray(g.group_sizes, dtype=np.int64).copy()
+        root_keep: dict[int, int] = {}
+        frozen_roots = {find(f) for f in g.frozen}
+        for grp in range(n_groups):
+            root = find(grp)
+            if root in root_keep:
+                keep[grp] = root_keep[root]
+                continue
+            if root in frozen_roots:
+                k = g.group_sizes[grp]
+            else:
+                r = action.shrink[self._shrink_pos[grp]]
+                k = max(1, int((1.0 - r) * g.group_sizes[grp]))
+            root_keep[root] = k
+            keep[grp] = k
+        inputs = [tuple(layer.inputs) + tuple(skip_in[layer.index]) for layer in g.layers]
+        return _Resolved(removed, keep, inputs, [tuple(s) for s in skip_in])
+
+    def _channels(self, spec: tuple, keep: np.ndarray) -> int:
+        return int(sum(keep[gid] for gid, _ in spec))
+
+    def _indices(self, spec: tuple, keep: np.ndarray) -> torch.Tensor:
+        parts, offset = [], 0
+        for gid, size in spec:
+            parts.append(torch.arange(offset, offset + int(keep[gid])))
+            offset += size
+        return torch.cat(parts)
+
+    # ------------------------------------------------------------------ parameters, modules
+    def num_params(self, action: Action) -> int:
+        """Trainable parameter count of the student, computed without building it."""
+        res = self._resolve(action)
+        g, keep, total = self.graph, res.keep, 0
+        for layer in g.layers:
+            if layer.index in res.removed:
+                continue
+            a = layer.attrs
+            if layer.op == "conv":
+                cin = self._channels(g.spec_of(layer.inputs[0]), keep)
+                cout = self._channels(g.specs[layer.index], keep)
+                groups = cout if a["depthwise"] else a["groups"]
+                kh, kw = a["kernel_size"]
+                total += cout * (cin // groups) * kh * kw + (cout if a["bias"] else 0)
+            elif layer.op == "bn" and a["affine"]:
+                total += 2 * self._channels(g.specs[layer.index], keep)
+            elif layer.op == "linear":
+                cin = self._channels(g.spec_of(layer.inputs[0]), keep) * a.get("in_spatial", 1)
+                cout = self._channels(g.specs[layer.index], keep)
+                total += cin * cout + (cout if a["bias"] else 0)
+        return total
+
+    def materialize(self, action: Action, *, inherit: bool = True) -> StudentNet:
+        """Build the student for `action`, weights sliced from the teacher's first channels.
+
+        Args:
+            action: an action of this space.
+            inherit: copy (sliced) teacher weights; otherwise keep the fresh initialisation.
+
+        Returns:
+            A `StudentNet` on the CPU in training mode.
+
+        Raises:
+            InvalidActionError: the action does not belong to this space.
+        """
+        res = self._resolve(action)
+        g, keep = self.graph, res.keep
+        modules: dict[int, nn.Module] = {}
+        slices: dict[int, tuple[int, int]] = {}
+        shuffles: dict[int, int] = {}
+        gen = torch.Generator().manual_seed(0)
+        for layer in g.layers:
+            if layer.index in res.removed:
+                continue
+            a = layer.attrs
+            in_spec = g.spec_of(layer.inputs[0])
+            out_spec = g.specs[layer.index]
+            mod: nn.Module | None = None
+            weights: dict[str, torch.Tensor] = {}
+            if layer.op == "conv":
+                cin, cout = self._channels(in_spec, keep), self._channels(out_spec, keep)
+                groups = cout if a["depthwise"] else a["groups"]
+                mod = nn.Conv2d(
+                    cin,
+                    cout,
+                    a["kernel_size"],
+                    a["stride2"],
+                    a["padding2"],
+                    a["dilation"],
+                    groups,
+                    a["bias"],
+                )
+                oi = self._indices(out_spec, keep)
+                w = self._param(layer, "weight")
+                if w is not None:
+                    w = w[oi]
+                    if not a["depthwise"] and groups == 1:
+                        w = w[:, self._indices(in_spec, keep)]
+                    weights["weight"] = w
+                    b = self._param(layer, "bias")
+                    if b is not None:
+                        weights["bias"] = b[oi]
+            elif layer.op == "bn":
+                c = self._channels(out_spec, keep)
+                mod = nn.BatchNorm2d(
+                    c, a["eps"], a["momentum"], a["affine"], a["track_running_stats"]
+                )
+                oi = self._indices(out_spec, keep)
+                for name in ("weight", "bias", "running_mean", "running_var"):
+                    t = self._param(layer, name)
+                    if t is not None:
+                        weights[name] = t[oi]
+                t = self._param(layer, "num_batches_tracked")
+                if t is not None:
+                    weights["num_batches_tracked"] = t
+            elif layer.op == "linear":
+                sp = a.get("in_spatial", 1)
+                ci = self._indices(in_spec, keep)
+                ii = (ci[:, None] * sp + torch.arange(sp)[None, :]).reshape(-1)
+                cout = self._channels(out_spec, keep)
+                mod = nn.Linear(len(ii), cout, a["bias"])
+                oi = self._indices(out_spec, keep)
+                w = self._param(layer, "weight")
+                if w is not None:
+                    weights["weight"] = w[oi][:, ii]
+                    b = self._param(layer, "bias")
+                    if b is not None:
+                        weights["bias"] = b[oi]
+            elif layer.op == "relu":
+                mod = nn.ReLU()
+            elif layer.op == "relu6":
+                mod = nn.ReLU6()
+            elif layer.op == "maxpool":
+                mod = nn.MaxPool2d(
+                    a["kernel_size"], a["stride2"], a["padding2"], ceil_mode=a["ceil_mode"]
+                )
+            elif layer.op == "avgpool":
+                mod = nn.AvgPool2d(
+                    a["kernel_size"],
+                    a["stride2"],
+                    a["padding2"],
+                    ceil_mode=a["ceil_mode"],
+                    count_include_pad=a["count_include_pad"],
+                )
+            elif layer.op == "adaptive_avgpool":
+                mod = nn.AdaptiveAvgPool2d(a["output_size"])
+            elif layer.op == "slice":
+                slices[layer.index] = (a["start"], a["stop"])
+            elif layer.op == "shuffle":
+                shuffles[layer.index] = a["groups"]
+            if mod is None:
+                continue
+            if inherit and weights:
+                mod.load_state_dict({k: v.clone() for k, v in weights.items()})
+            elif not inherit:
+                self._reset(mod, gen)
+            modules[layer.index] = mod
+        return StudentNet(g.layers, res.inputs, res.removed, modules, slices, shuffles)
+
+    @staticmethod
+    def _reset(mod: nn.Module, gen: torch.Generator) -> None:
+        with torch.no_grad():
+            for p in mod.parameters():
+                if p.dim() > 1:
+                    bound = 1.0 / max(1, p[0].numel()) ** 0.5
+                    p.uniform_(-bound, bound, generator=gen)
+
+    def _param(self, layer: Layer, name: str) -> torch.Tensor | None:
+        if layer.module is None:
+            return None
+        return self._state.get(f"{layer.module}.{name}")
+
+    # ----------------------------------------------------------------------------- encoding
+    @property
+    def row_size(self) -> int:
+        """Width of one encoded row: 16 + 2 * max_layers."""
+        return len(KINDS) + len(_NUMERIC) + 2 * self.max_layers
+
+    def _encode_template(self) -> np.ndarray:
+        g, L = self.graph, self.max_layers
+        rows = np.zeros((self.num_layers, self.row_size), dtype=np.float32)
+        base = len(KINDS) + len(_NUMERIC)
+        for layer in g.layers:
+            i = layer.index
+            rows[i, KINDS.index(layer.kind)] = 1.0
+            for k, name in enumerate(_NUMERIC[:4]):
+                rows[i, len(KINDS) + k] = float(layer.attrs.get(name, 0))
+            for j in layer.inputs:
+                if j != INPUT:
+                    rows[i, base + (i - j)] = 1.0
+                    rows[j, base + L + (i - j)] = 1.0
+        return rows
+
+    def encode(self, actions: Sequence[Action]) -> torch.Tensor:
+        """The paper's per-layer rows for each action.
+
+        Args:
+            actions: `batch` actions of this space.
+
+        Returns:
+            Tensor `batch x num_layers x (16 + 2 * max_layers)`, float32: a one-hot of the layer
+            kind, kernel, stride, padding, groups, in- and out-channels (channels for Conv2d and
+            Linear only), then in-connection and out-connection vectors. Removed layers are
+            encoded as Identity with zeroed numbers; added skips appear in the connection vectors.
+        """
+        g, L = self.graph, self.max_layers
+        base = len(KINDS) + len(_NUMERIC)
+        n_kind = len(KINDS)
+        ident = KINDS.index("Identity")
+        chan_layers = [la for la in g.layers if la.op in ("conv", "linear")]
+        out = np.empty((len(actions), self.num_layers, self.row_size), dtype=np.float32)
+        for b, action in enumerate(actions):
+            res = self._resolve(action)
+            rows = out[b]
+            rows[:] = self._template
+            keep = res.keep
+            for la in chan_layers:
+                i = la.index
+                cin = self._channels(g.spec_of(la.inputs[0]), keep) * la.attrs.get("in_spatial", 1)
+                cout = self._channels(g.specs[i], keep)
+                rows[i, n_kind + 4] = cin
+                rows[i, n_kind + 5] = cout
+                if la.attrs.get("depthwise"):
+                    rows[i, n_kind + 3] = cout
+            if res.removed:
+                idx = np.fromiter(res.removed, dtype=np.int64)
+                rows[idx, :base] = 0.0
+                rows[idx, ident] = 1.0
+            for i, j in action.skips:
+                rows[j, base + (j - i)] = 1.0
+                rows[i, base + L + (j - i)] = 1.0
+        return torch.from_numpy(out)

@@ -1,0 +1,1 @@
+"""The coordinator: settings, storage, scheduler, REST API, dashboard and CLI."""

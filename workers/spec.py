@@ -1,0 +1,167 @@
+"""The contract between the coordinator and the workers: what one trial asks for and returns.
+
+Plain, JSON-able data only (weights travel as safetensors bytes), so a spec or a result can cross
+Ray's object store, the REST API or the database without pickling user objects.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "BadSpecError",
+    "FullTraining",
+    "SearchTraining",
+    "TrainingFailedError",
+    "TrialResult",
+    "TrialSpec",
+    "WorkerError",
+    "WorkerOutOfMemoryError",
+]
+
+
+class WorkerError(Exception):
+    """Base of the errors a trial can end with; `code` is stable and stored with the trial."""
+
+    code = "worker_error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+class BadSpecError(WorkerError):
+    """The trial spec cannot be run as given (unknown dataset, foreign action, bad setting)."""
+
+    code = "bad_spec"
+
+
+class WorkerOutOfMemoryError(WorkerError):
+    """The student did not fit in the worker's memory."""
+
+    code = "out_of_memory"
+
+
+class TrainingFailedError(WorkerError):
+    """Training diverged (non-finite loss) or crashed."""
+
+    code = "training_failed"
+
+
+def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
+    if not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadSpecError(f"{name} must be a finite number, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise BadSpecError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SearchTraining:
+    """Search-time knowledge distillation (the paper's defaults, DESIGN.md section 3)."""
+
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    augment: bool = True
+    #: Train on at most this many training images (None: all).
+    max_train_samples: int | None = None
+    #: Compute the teacher's logits once per job and reuse them (only when `augment` is off).
+    cache_teacher_logits: bool = False
+
+    def validate(self) -> None:
+        _check_positive("epochs", self.epochs)
+        _check_positive("batch_size", self.batch_size)
+        _check_positive("lr", self.lr)
+        _check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        if self.max_train_samples is not None:
+            _check_positive("max_train_samples", self.max_train_samples)
+
+
+@dataclass(frozen=True)
+class FullTraining:
+    """Full training of a finished search's best students (the paper: 300 epochs, step 100)."""
+
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    step_every: int = 100
+    gamma: float = 0.1
+
+    def validate(self) -> None:
+        _check_positive("epochs", self.epochs, allow_zero=True)
+        _check_positive("batch_size", self.batch_size)
+        _check_positive("lr", self.lr)
+        _check_positive("momentum", self.momentum, allow_zero=True)
+        _check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        _check_positive("step_every", self.step_every)
+        _check_positive("gamma", self.gamma)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One candidate to evaluate.
+
+    Attributes:
+        trial_id: the coordinator's id for the trial (echoed in the result).
+        action: `Action.to_dict()` of the candidate, relative to the worker's teacher.
+        seed: seeds every random number generator of the trial (reproducible results).
+        training: search-time distillation settings.
+        reward: "params" or "flops" -- what the compression C is measured on.
+        return_weights: include the student's safetensors bytes in the result.
+    """
+
+    trial_id: int
+    action: dict[str, Any]
+    seed: int = 0
+    training: SearchTraining = field(default_factory=SearchTraining)
+    reward: str = "params"
+    return_weights: bool = True
+
+    def validate(self) -> None:
+        if self.reward not in ("params", "flops"):
+            raise BadSpecError(f"reward must be 'params' or 'flops', got {self.reward!r}")
+        self.training.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrialSpec:
+        data = dict(data)
+        data["training"] = SearchTraining(**data.get("training", {}))
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What a worker reports for one trial.
+
+    Attributes:
+        accuracy: best validation accuracy over the search epochs, in [0, 1].
+        params / flops: the student's size (FLOPs of one 1-image forward pass).
+        compression: C on the measure named by the spec's `reward`.
+        reward: f(x) = C (2 - C) * accuracy / teacher accuracy.
+        history: validation accuracy after every epoch.
+        seconds: wall-clock timings ("build", "train", "eval", "total").
+        weights: the trained student's state dict as safetensors bytes (or None).
+        worker: a name for the process that ran the trial (host:pid).
+    """
+
+    trial_id: int
+    accuracy: float
+    params: int
+    flops: int
+    compression: float
+    reward: float
+    history: list[float]
+    seconds: dict[str, float]
+    weights: bytes | None = None
+    worker: str = ""
