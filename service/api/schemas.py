@@ -1,0 +1,221 @@
+"""Request and response bodies of the REST API v1 (separate from the ORM models).
+
+Names follow the FastAPI template: `<Thing>Create` / `<Thing>Train` for requests,
+`<Thing>Public` for responses, `<Thing>Page` for cursor-paginated lists.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "EsnacOptions",
+    "FinalPublic",
+    "FullTrainingIn",
+    "JobCreate",
+    "JobPage",
+    "JobPublic",
+    "JobStatus",
+    "Progress",
+    "SearchTrainingIn",
+    "TeacherPublic",
+    "TeacherStatus",
+    "TeacherTrain",
+    "TrialPage",
+    "TrialPublic",
+    "TrialStatus",
+]
+
+JobStatus = Literal["queued", "running", "finalizing", "succeeded", "failed", "cancelled"]
+TrialStatus = Literal["pending", "running", "succeeded", "failed"]
+TeacherStatus = Literal["training", "ready", "failed"]
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ------------------------------------------------------------------------------------ teachers
+class TeacherTrain(_In):
+    """`POST /v1/teachers/train`: train a zoo teacher on a worker (SGD, step lr schedule)."""
+
+    arch: str = Field(description="a zoo architecture, e.g. resnet20 (GET /v1/teachers/archs)")
+    num_classes: int = Field(ge=1, le=100_000)
+    dataset: str = Field(min_length=1, description="cifar10, cifar100, digits, npz:<path>, ...")
+    epochs: int = Field(default=400, ge=1, le=5000)
+    lr: float = Field(default=0.1, gt=0, le=10)
+    batch_size: int = Field(default=128, ge=1, le=65536)
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    max_train_samples: int | None = Field(default=None, ge=1)
+
+
+class TeacherPublic(BaseModel):
+    """A registered teacher (uploaded, or trained by the service)."""
+
+    id: int
+    arch: str
+    num_classes: int
+    dataset: str
+    status: TeacherStatus
+    source: Literal["upload", "trained"]
+    accuracy: float | None = Field(description="validation accuracy in [0, 1]")
+    params: int
+    input_shape: list[int]
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+# ------------------------------------------------------------------------------------ jobs
+class SearchTrainingIn(_In):
+    """Search-time distillation of each candidate (defaults: the paper's settings)."""
+
+    epochs: int = Field(default=10, ge=1, le=1000)
+    batch_size: int = Field(default=128, ge=1, le=65536)
+    lr: float = Field(default=1e-3, gt=0, le=10)
+    weight_decay: float = Field(default=5e-4, ge=0, le=1)
+    augment: bool = True
+    max_train_samples: int | None = Field(default=None, ge=1)
+    cache_teacher_logits: bool = False
+
+
+class FullTrainingIn(_In):
+    """Full training of the top-k students (defaults: the paper's 300 epochs, step 100)."""
+
+    epochs: int = Field(default=300, ge=1, le=5000)
+    batch_size: int = Field(default=128, ge=1, le=65536)
+    lr: float = Field(default=0.01, gt=0, le=10)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0, le=1)
+    step_every: int = Field(default=100, ge=1)
+    gamma: float = Field(default=0.1, gt=0, le=1)
+
+
+class EsnacOptions(_In):
+    """Advanced knobs of the ESNAC searcher (defaults: the paper's; ignored by `random`)."""
+
+    kernels: int = Field(default=8, ge=1, le=64)
+    subset: float = Field(default=0.5, gt=0, le=1)
+    candidates: int = Field(default=1000, ge=1, le=100_000)
+    train_encoder: bool = True
+
+
+class JobCreate(_In):
+    """`POST /v1/jobs`: a compression search for one teacher."""
+
+    teacher_id: int
+    dataset: str | None = Field(
+        default=None, min_length=1, description="defaults to the teacher's dataset"
+    )
+    strategy: Literal["esnac", "random"] = "esnac"
+    steps: int = Field(default=20, ge=1, le=1000)
+    per_step: int = Field(default=8, ge=1, le=256, description="candidates proposed per step")
+    search: SearchTrainingIn = Field(default_factory=SearchTrainingIn)
+    top_k: int = Field(default=4, ge=0, le=64, description="students fully trained at the end")
+    full_training: FullTrainingIn = Field(default_factory=FullTrainingIn)
+    reward: Literal["params", "flops"] = "params"
+    seed: int = Field(default=0, ge=0, le=2**31 - 1)
+    embedding_from: int | None = Field(
+        default=None, description="a finished esnac job whose learned encoder to start from"
+    )
+    searcher: EsnacOptions = Field(default_factory=EsnacOptions)
+
+
+class Progress(BaseModel):
+    """Trial counts of a job; `total` is the budget `steps * per_step`."""
+
+    total: int
+    created: int
+    pending: int
+    running: int
+    succeeded: int
+    failed: int
+    finalized: int
+
+
+class FinalPublic(BaseModel):
+    """The result of fully training a top-k student."""
+
+    accuracy: float
+    params: int
+    flops: int
+    history: list[float]
+    seconds: float
+    has_onnx: bool
+
+
+class TrialPublic(BaseModel):
+    """One evaluated (or to-be-evaluated) candidate architecture."""
+
+    id: int
+    job_id: int
+    number: int = Field(description="0-based position in the job")
+    status: TrialStatus
+    action: dict[str, Any]
+    params: int | None
+    flops: int | None
+    accuracy: float | None = Field(description="best search-time validation accuracy")
+    compression: float | None = Field(description="C = 1 - size(student) / size(teacher)")
+    reward: float | None
+    attempts: int
+    worker: str | None
+    history: list[float]
+    seconds: dict[str, float]
+    error_code: str | None
+    error: str | None
+    has_weights: bool
+    final: FinalPublic | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+class JobPublic(BaseModel):
+    """A search job, its settings, progress and best trial so far."""
+
+    id: int
+    teacher_id: int
+    dataset: str
+    strategy: Literal["esnac", "random"]
+    steps: int
+    per_step: int
+    search: SearchTrainingIn
+    top_k: int
+    full_training: FullTrainingIn
+    reward: Literal["params", "flops"]
+    seed: int
+    embedding_from: int | None
+    searcher: EsnacOptions
+    status: JobStatus
+    error: str | None
+    progress: Progress
+    best_trial: TrialPublic | None
+    has_encoder: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+
+
+class JobPage(BaseModel):
+    """A page of jobs, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    items: list[JobPublic]
+    next_cursor: str | None
+
+
+class TrialPage(BaseModel):
+    """A page of trials ordered by (updated_at, id).
+
+    `next_cursor` is always set while the job has trials: pass it back as `cursor` to get only
+    trials created or changed since (incremental polling); `has_more` says whether more are
+    already waiting.
+    """
+
+    items: list[TrialPublic]
+    next_cursor: str | None
+    has_more: bool

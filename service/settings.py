@@ -1,0 +1,48 @@
+"""The coordinator's settings, read once from the environment (prefix `ESNAC_`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Everything the coordinator can be configured with.
+
+    Each field reads `ESNAC_<NAME>` from the environment (or a `.env` file in the working
+    directory), e.g. `ESNAC_DATABASE_URL=postgresql+psycopg://user@host/esnac`.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ESNAC_", env_file=".env", extra="ignore")
+
+    #: SQLAlchemy URL; the embedded default is a SQLite file in the working directory.
+    database_url: str = "sqlite:///./esnac.db"
+    #: Address of a running Ray cluster ("auto", "ray://host:10001", ...); None starts a local Ray.
+    ray_address: str | None = None
+    #: CPUs given to a local Ray started by the coordinator (None: all of the machine's).
+    ray_num_cpus: int | None = None
+    #: Bearer token for mutating endpoints; without one the server binds to loopback only.
+    api_token: str | None = None
+    #: Where teacher/student weights, ONNX files and encoder weights are stored.
+    artifact_dir: Path = Path("./esnac-artifacts")
+    #: Root for datasets (torchvision downloads, `npz:`/`folder:` relative paths); None: default.
+    data_dir: str | None = None
+    #: Largest accepted weights upload, in MiB (larger -> 413).
+    max_upload_mb: int = Field(default=512, ge=1)
+    #: Number of trial workers (Ray actors) shared by all jobs: trials in flight at once.
+    workers: int = Field(default=2, ge=1)
+    #: Ray resources each worker holds.
+    cpus_per_trial: float = Field(default=1.0, ge=0)
+    gpus_per_trial: float = Field(default=0.0, ge=0)
+    #: torch threads per worker (None: the worker's default).
+    threads_per_trial: int | None = Field(default=None, ge=1)
+    #: A trial whose worker dies is retried on a fresh worker up to this many attempts in all.
+    max_attempts: int = Field(default=3, ge=1)
+    #: How often the scheduler looks for new jobs and teacher trainings, in seconds.
+    poll_interval: float = Field(default=0.5, gt=0)
+    #: Start the scheduler (and Ray) with the app; off for API-only processes and some tests.
+    scheduler: bool = True
