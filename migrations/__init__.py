@@ -1,0 +1,1 @@
+"""Alembic environment and versions of the coordinator's schema (`esnac db upgrade`)."""

@@ -1,0 +1,32 @@
+"""Alembic environment: runs migrations online against `sqlalchemy.url` (set by the caller)."""
+
+from __future__ import annotations
+
+from alembic import context
+
+from service.db.storage import make_engine
+
+config = context.config
+
+
+def run_migrations_online() -> None:
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        context.configure(connection=connection, target_metadata=None, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    url = config.get_main_option("sqlalchemy.url")
+    if not url:
+        raise RuntimeError("no database URL: set ESNAC_DATABASE_URL or pass --database-url")
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        context.configure(connection=conn, target_metadata=None, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    raise RuntimeError("offline (--sql) migrations are not supported; run `esnac db upgrade`")
+run_migrations_online()
