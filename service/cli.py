@@ -495,7 +495,7 @@ def _demo_run(client: Client, args: argparse.Namespace, url: str) -> None:
     )
     print(
         f"== training teacher {teacher['id']}: {args.arch} on digits, "
-        f"{args.teacher_epochs} epochs  ({url}/#/teachers/{teacher['id']})"
+        f"{args.teacher_epochs} epochs"
     )
     teacher = wait_for_teacher(client, teacher["id"])
     print(f"   {_teacher_line(teacher)}")
