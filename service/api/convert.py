@@ -1,0 +1,75 @@
+"""Domain objects -> response schemas."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from service.api.schemas import (
+    EsnacOptions,
+    FinalPublic,
+    FullTrainingIn,
+    JobPublic,
+    Progress,
+    SearchTrainingIn,
+    TeacherPublic,
+    TrialPublic,
+)
+from service.db import Job, Repository, Teacher, Trial
+
+__all__ = ["job_public", "teacher_public", "trial_public", "utc"]
+
+
+def utc(t: datetime) -> datetime:
+    """Stored naive UTC -> aware UTC (serialised with an explicit offset)."""
+    return t.replace(tzinfo=timezone.utc)  # noqa: UP017
+
+
+def _utc(t: datetime | None) -> datetime | None:
+    return utc(t) if t is not None else None
+
+
+def teacher_public(t: Teacher) -> TeacherPublic:
+    return TeacherPublic(
+        id=t.id, arch=t.arch, num_classes=t.num_classes, dataset=t.dataset,
+        status=t.status, source=t.source, accuracy=t.accuracy,  # type: ignore[arg-type]
+        params=t.params, input_shape=list(t.input_shape), error=t.error,
+        created_at=utc(t.created_at), updated_at=utc(t.updated_at),
+    )  # fmt: skip
+
+
+def trial_public(t: Trial) -> TrialPublic:
+    final = None
+    if t.final_accuracy is not None:
+        final = FinalPublic(
+            accuracy=t.final_accuracy, params=t.params or 0, flops=t.flops or 0,
+            history=list(t.final_history or []), seconds=t.final_seconds or 0.0,
+            has_onnx=t.onnx_id is not None,
+        )  # fmt: skip
+    return TrialPublic(
+        id=t.id, job_id=t.job_id, number=t.number, status=t.status.value, action=t.action,
+        params=t.params, flops=t.flops, accuracy=t.accuracy, compression=t.compression,
+        reward=t.reward, attempts=t.attempts, worker=t.worker, history=t.history,
+        seconds=t.seconds, error_code=t.error_code, error=t.error,
+        has_weights=t.weights_id is not None or t.final_weights_id is not None, final=final,
+        created_at=utc(t.created_at), started_at=_utc(t.started_at),
+        finished_at=_utc(t.finished_at), updated_at=utc(t.updated_at),
+    )  # fmt: skip
+
+
+def job_public(repo: Repository, j: Job) -> JobPublic:
+    counts = repo.job_counts(j.id)
+    best = repo.best_trial(j.id)
+    return JobPublic(
+        id=j.id, teacher_id=j.teacher_id, dataset=j.dataset,
+        strategy=j.strategy,  # type: ignore[arg-type]
+        steps=j.steps, per_step=j.per_step, search=SearchTrainingIn(**j.search), top_k=j.top_k,
+        full_training=FullTrainingIn(**j.full_training),
+        reward=j.reward,  # type: ignore[arg-type]
+        seed=j.seed, embedding_from=j.embedding_from, searcher=EsnacOptions(**j.searcher),
+        status=j.status.value, error=j.error,
+        progress=Progress(total=j.budget, **counts),
+        best_trial=trial_public(best) if best is not None else None,
+        has_encoder=j.encoder_id is not None, created_at=utc(j.created_at),
+        started_at=_utc(j.started_at), finished_at=_utc(j.finished_at),
+        updated_at=utc(j.updated_at),
+    )  # fmt: skip

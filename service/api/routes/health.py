@@ -1,0 +1,45 @@
+"""Liveness and readiness probes."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from service.api.deps import StorageDep
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process is up."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(request: Request, storage: StorageDep) -> JSONResponse:
+    """200 when the database answers and Ray is connected (if this process schedules), else 503
+    with the reason."""
+    body: dict[str, str] = {}
+    ok = True
+    try:
+        await run_in_threadpool(storage.ping)
+        body["database"] = "ok"
+    except Exception as e:  # noqa: BLE001 - reported to the caller
+        ok, body["database"] = False, f"{e.__class__.__name__}: {e}"
+    if getattr(request.app.state, "scheduler", None) is None:
+        body["ray"] = "not used (scheduler off)"
+    else:
+        import ray
+
+        try:
+            if not ray.is_initialized():
+                raise RuntimeError("not connected")
+            await run_in_threadpool(ray.cluster_resources)
+            body["ray"] = "ok"
+        except Exception as e:  # noqa: BLE001 - reported to the caller
+            ok, body["ray"] = False, f"{e.__class__.__name__}: {e}"
+    return JSONResponse(body, status_code=200 if ok else 503)

@@ -1,0 +1,184 @@
+"""Jobs: submit, list, inspect, cancel, and poll a job's trials incrementally."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime, timezone
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+
+from service.api.convert import job_public, trial_public
+from service.api.deps import AuthDep, SchedulerDep, SessionDep, SettingsDep, StorageDep
+from service.api.schemas import JobCreate, JobPage, JobPublic, JobStatus, TrialPage, TrialStatus
+from service.db import JobState, NotFoundError, UpdateFinishedJobError
+from service.db.storage import decode_cursor, encode_cursor
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+
+def _unprocessable(message: str) -> HTTPException:
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, message)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+def create_job(
+    body: JobCreate,
+    _auth: AuthDep,
+    settings: SettingsDep,
+    storage: StorageDep,
+    scheduler: SchedulerDep,
+) -> JobPublic:
+    """Submit a search; the scheduler starts it as soon as workers are free."""
+    from workers.data import dataset_info
+    from workers.spec import WorkerError
+
+    with storage.session() as repo:
+        try:
+            teacher = repo.get_teacher(body.teacher_id)
+        except NotFoundError as e:
+            raise _unprocessable(
+                f"teacher_id {body.teacher_id} does not exist (GET /v1/teachers lists them)"
+            ) from e
+        if teacher.status != "ready":
+            raise _unprocessable(
+                f"teacher {teacher.id} is {teacher.status}; wait until it is ready"
+            )
+        dataset = body.dataset or teacher.dataset
+        if dataset != teacher.dataset:
+            try:
+                n, _shape = dataset_info(dataset, root=settings.data_dir)
+            except WorkerError as e:
+                raise _unprocessable(f"dataset {dataset!r}: {e.message}") from e
+            if n != teacher.num_classes:
+                raise _unprocessable(
+                    f"dataset {dataset!r} has {n} classes, teacher {teacher.id} has "
+                    f"{teacher.num_classes}"
+                )
+        if body.embedding_from is not None:
+            if body.strategy != "esnac":
+                raise _unprocessable("embedding_from needs strategy 'esnac'")
+            try:
+                src = repo.get_job(body.embedding_from)
+            except NotFoundError as e:
+                raise _unprocessable(f"embedding_from: job {body.embedding_from} not found") from e
+            if src.encoder_id is None:
+                raise _unprocessable(
+                    f"embedding_from: job {src.id} ({src.strategy}, {src.status.value}) has no "
+                    "learned encoder; use a succeeded esnac job"
+                )
+        job = repo.create_job(
+            teacher_id=teacher.id, dataset=dataset, strategy=body.strategy, steps=body.steps,
+            per_step=body.per_step, search=body.search.model_dump(), top_k=body.top_k,
+            full_training=body.full_training.model_dump(), reward=body.reward, seed=body.seed,
+            embedding_from=body.embedding_from, searcher=body.searcher.model_dump(),
+        )  # fmt: skip
+        out = job_public(repo, job)
+    if scheduler is not None:
+        scheduler.notify()
+    return out
+
+
+def _job_cursor(job_id: int) -> str:
+    return base64.urlsafe_b64encode(f"j{job_id}".encode()).decode().rstrip("=")
+
+
+def _decode_job_cursor(cursor: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        if not raw.startswith("j"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (binascii.Error, ValueError, UnicodeDecodeError) as e:
+        raise _unprocessable(
+            "invalid cursor: pass back the next_cursor of a previous response unchanged"
+        ) from e
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    repo: SessionDep,
+    status_: Annotated[JobStatus | None, Query(alias="status")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: str | None = None,
+) -> JobPage:
+    """Jobs, newest first."""
+    before = _decode_job_cursor(cursor) if cursor else None
+    jobs = repo.list_jobs(status=status_, before_id=before, limit=limit + 1)
+    more = len(jobs) > limit
+    jobs = jobs[:limit]
+    return JobPage(
+        items=[job_public(repo, j) for j in jobs],
+        next_cursor=_job_cursor(jobs[-1].id) if more else None,
+    )
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(job_id: int, repo: SessionDep) -> JobPublic:
+    return job_public(repo, repo.get_job(job_id))
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+async def cancel_job(
+    job_id: int, _auth: AuthDep, storage: StorageDep, scheduler: SchedulerDep
+) -> JobPublic:
+    """Cancel a job: unfinished trials fail with code `cancelled`, their workers are freed."""
+    from fastapi.concurrency import run_in_threadpool
+
+    def cancel() -> None:
+        with storage.session() as repo:
+            try:
+                repo.set_job_state(job_id, JobState.CANCELLED)
+            except UpdateFinishedJobError as e:
+                raise HTTPException(status.HTTP_409_CONFLICT, str(e)) from e
+            repo.fail_unfinished_trials(job_id, "cancelled", "the job was cancelled")
+
+    await run_in_threadpool(cancel)
+    if scheduler is not None:
+        await scheduler.cancel(job_id)
+
+    def read() -> JobPublic:
+        with storage.session() as repo:
+            return job_public(repo, repo.get_job(job_id))
+
+    return await run_in_threadpool(read)
+
+
+@router.get("/{job_id}/trials", response_model=TrialPage)
+def list_trials(
+    job_id: int,
+    repo: SessionDep,
+    status_: Annotated[TrialStatus | None, Query(alias="status")] = None,
+    updated_after: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: str | None = None,
+) -> TrialPage:
+    """A job's trials ordered by (updated_at, id), for incremental polling.
+
+    Keep the returned `next_cursor` and pass it back as `cursor`: the next call returns only
+    trials created or changed since.
+    """
+    from service.db import BadCursorError
+
+    repo.get_job(job_id)  # 404 for an unknown job
+    if updated_after is not None and updated_after.tzinfo is not None:
+        updated_after = updated_after.astimezone(timezone.utc).replace(tzinfo=None)  # noqa: UP017
+    try:
+        after = decode_cursor(cursor) if cursor else None
+    except BadCursorError as e:
+        raise _unprocessable(str(e)) from e
+    trials = repo.poll_trials(
+        job_id, status=status_, updated_after=updated_after, after=after, limit=limit + 1
+    )
+    more = len(trials) > limit
+    trials = trials[:limit]
+    if trials:
+        next_cursor: str | None = encode_cursor(trials[-1].updated_at, trials[-1].id)
+    else:
+        next_cursor = cursor
+    return TrialPage(
+        items=[trial_public(t) for t in trials], next_cursor=next_cursor, has_more=more
+    )

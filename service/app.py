@@ -1,0 +1,90 @@
+"""The FastAPI application: routes, error mapping, and the scheduler in its lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request, status
+from fastapi.responses import JSONResponse
+
+from service.api.routes import health, jobs, teachers, trials
+from service.artifacts import ArtifactStore
+from service.db import NotFoundError, Storage
+from service.db.migrate import check
+from service.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def _start_ray(settings: Settings) -> bool:
+    """Connect to (or start) Ray; returns whether this process started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if settings.ray_address:
+        ray.init(address=settings.ray_address, log_to_driver=False)
+    else:
+        ray.init(num_cpus=settings.ray_num_cpus, log_to_driver=False)
+    return True
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    # Never migrate here: refuse an outdated schema with the command that fixes it.
+    await asyncio.to_thread(check, settings.database_url)
+    app.state.scheduler = None
+    if not settings.scheduler:
+        yield
+        app.state.storage.dispose()
+        return
+    from service.pool import WorkerPool
+    from service.scheduler import Scheduler
+
+    started_ray = await asyncio.to_thread(_start_ray, settings)
+    pool = WorkerPool(settings)
+    scheduler = Scheduler(settings, app.state.storage, app.state.artifacts, pool)
+    app.state.scheduler = scheduler
+    task = asyncio.create_task(scheduler.run(), name="scheduler")
+    try:
+        yield
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await scheduler.stop()
+        pool.shutdown()
+        if started_ray:
+            import ray
+
+            await asyncio.to_thread(ray.shutdown)
+        app.state.storage.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. The database schema is checked (not migrated) when the app starts."""
+    settings = settings or Settings()
+    app = FastAPI(
+        title="ESNAC",
+        version="0.1.0",
+        description="Neural network compression by Bayesian optimisation over a learned "
+        "architecture embedding (ESNAC, ICLR 2019).",
+        lifespan=_lifespan,
+    )
+    app.state.settings = settings
+    app.state.storage = Storage(settings.database_url)
+    app.state.artifacts = ArtifactStore(settings.artifact_dir)
+    app.state.scheduler = None
+
+    @app.exception_handler(NotFoundError)
+    async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+    for r in (health.router, teachers.router, jobs.router, trials.router):
+        app.include_router(r)
+    return app
