@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from service.api.routes import health, jobs, teachers, trials
 from service.artifacts import ArtifactStore
@@ -19,6 +21,8 @@ from service.settings import Settings
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
+
+_STATIC = Path(__file__).resolve().parent / "static"
 
 
 def _start_ray(settings: Settings) -> bool:
@@ -87,4 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for r in (health.router, teachers.router, jobs.router, trials.router):
         app.include_router(r)
+    # The dashboard (plain files shipped in the package) at `/`; mounted last so that every API
+    # route above takes precedence.
+    app.mount("/", StaticFiles(directory=_STATIC, html=True), name="dashboard")
     return app
