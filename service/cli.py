@@ -14,6 +14,7 @@ worded them, and the command exits non-zero.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -24,7 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ from service.cli_client import (
     results_rows,
 )
 
-__all__ = ["CliError", "build_parser", "main"]
+__all__ = ["CliError", "LocalServer", "build_parser", "local_server", "main"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -53,10 +55,14 @@ class CliError(Exception):
 
 # ============================================================================ server commands
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from service.server import serve
+    from service.db.migrate import SchemaError
+    from service.server import UnsafeBindError, serve
     from service.settings import Settings
 
-    serve(Settings(), host=args.host, port=args.port)
+    try:
+        serve(Settings(), host=args.host, port=args.port)
+    except (UnsafeBindError, SchemaError) as exc:
+        raise CliError(str(exc)) from exc
     return 0
 
 
@@ -69,19 +75,27 @@ def _database_url(args: argparse.Namespace) -> str:
 
 
 def _cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from service.db.migrate import upgrade
 
     url = _database_url(args)
-    upgrade(url)
+    try:
+        upgrade(url)
+    except SQLAlchemyError as exc:
+        raise CliError(f"cannot upgrade the database {_redact(url)}: {exc}") from exc
     print(f"database schema is up to date ({_redact(url)})")
     return 0
 
 
 def _cmd_db_check(args: argparse.Namespace) -> int:
-    from service.db.migrate import check
+    from service.db.migrate import SchemaError, check
 
     url = _database_url(args)
-    check(url)
+    try:
+        check(url)
+    except SchemaError as exc:
+        raise CliError(str(exc)) from exc
     print(f"database schema is current ({_redact(url)})")
     return 0
 
@@ -409,72 +423,119 @@ def _free_port(preferred: int) -> int:
     raise CliError("no free TCP port on 127.0.0.1")
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class LocalServer:
+    """A coordinator running in a child process on this machine (see `local_server`)."""
+
+    url: str
+    token: str
+    workdir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+
+@contextlib.contextmanager
+def local_server(
+    workdir: Path,
+    *,
+    port: int = 0,
+    env: dict[str, str] | None = None,
+    start_timeout: float = 120.0,
+) -> Iterator[LocalServer]:
+    """Run `python -m service.server` on loopback with an embedded SQLite database.
+
+    The schema of `<workdir>/esnac.db` is upgraded first; artifacts go to `<workdir>/artifacts`,
+    the server's output to `<workdir>/server.log`. A fresh API token is set. On exit the server
+    is interrupted (and killed if it does not stop within 20 s).
+
+    Args:
+        workdir: directory for the database, artifacts and log (created if missing).
+        port: TCP port on 127.0.0.1 (0: any free one).
+        env: extra `ESNAC_*` settings for the server (e.g. `ESNAC_WORKERS`).
+        start_timeout: seconds to wait for `GET /readyz` (the database and Ray).
+
+    Raises:
+        CliError: the server exited or did not become ready; the message has its log's tail.
+    """
     from service.db.migrate import upgrade
 
-    started = time.monotonic()
-    temp = args.dir is None
-    workdir = Path(tempfile.mkdtemp(prefix="esnac-demo-")) if temp else Path(args.dir)
     workdir.mkdir(parents=True, exist_ok=True)
-    port = _free_port(args.port)
-    url = f"http://127.0.0.1:{port}"
+    port = _free_port(port)
     token = secrets.token_hex(16)
-    env = dict(os.environ)
-    env.update(
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("ESNAC_")}
+    child_env.update(
         {
             "ESNAC_DATABASE_URL": f"sqlite:///{(workdir / 'esnac.db').resolve()}",
             "ESNAC_ARTIFACT_DIR": str((workdir / "artifacts").resolve()),
             "ESNAC_API_TOKEN": token,
-            "ESNAC_WORKERS": str(args.workers),
-            "ESNAC_CPUS_PER_TRIAL": "1",
-            "ESNAC_THREADS_PER_TRIAL": "1",
-            "ESNAC_RAY_NUM_CPUS": str(max(args.workers, 1)),
         }
     )
-    env.pop("ESNAC_RAY_ADDRESS", None)
-    print(f"== ESNAC demo in {workdir} (SQLite + local Ray, {args.workers} workers)")
-    upgrade(env["ESNAC_DATABASE_URL"])
+    child_env.update(env or {})
+    upgrade(child_env["ESNAC_DATABASE_URL"])
     log_path = workdir / "server.log"
-    print(f"== starting the server on {url} (log: {log_path})")
     with log_path.open("wb") as log:
-        server = subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "service.server", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
+            env=child_env,
             cwd=workdir,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    server = LocalServer(f"http://127.0.0.1:{port}", token, workdir, log_path, process)
     try:
-        with Client(url, token) as client:
-            _wait_server(client, server, log_path, timeout=args.start_timeout)
-            print(f"== dashboard: {url}/   (API docs: {url}/docs)")
-            _demo_run(client, args, url)
-        print(f"== demo finished in {format_duration(time.monotonic() - started)}")
-        if args.keep_serving:
-            print(f"== serving the dashboard at {url}/ (API token {token}); Ctrl-C stops it")
-            _wait_interrupt(server)
+        with Client(server.url, token) as client:
+            _wait_server(client, server, timeout=start_timeout)
+        yield server
     finally:
-        _stop(server)
+        _stop(process)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    temp = args.dir is None
+    workdir = Path(tempfile.mkdtemp(prefix="esnac-demo-")) if temp else Path(args.dir)
+    env = {
+        "ESNAC_WORKERS": str(args.workers),
+        "ESNAC_CPUS_PER_TRIAL": "1",
+        "ESNAC_THREADS_PER_TRIAL": "1",
+        "ESNAC_RAY_NUM_CPUS": str(args.workers),
+    }
+    print(f"== ESNAC demo in {workdir} (SQLite + local Ray, {args.workers} workers)")
+    print("== starting the server (and a local Ray) ...")
+    try:
+        with local_server(
+            workdir, port=args.port, env=env, start_timeout=args.start_timeout
+        ) as server:
+            url = server.url
+            print(f"== dashboard: {url}/   (API docs: {url}/docs, log: {server.log_path})")
+            with Client(url, server.token) as client:
+                _demo_run(client, args, url)
+            print(f"== demo finished in {format_duration(time.monotonic() - started)}")
+            if args.keep_serving:
+                print(
+                    f"== serving the dashboard at {url}/ (API token {server.token}); "
+                    "Ctrl-C stops it"
+                )
+                _wait_interrupt(server.process)
+    finally:
         if temp and not args.keep_dir:
             shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
-def _wait_server(
-    client: Client, server: subprocess.Popen[bytes], log_path: Path, timeout: float
-) -> None:
+def _wait_server(client: Client, server: LocalServer, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
-        if server.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise CliError(f"the server exited with status {server.returncode}:\n{tail}")
+        if server.process.poll() is not None:
+            tail = server.log_path.read_text(errors="replace")[-3000:]
+            raise CliError(f"the server exited with status {server.process.returncode}:\n{tail}")
         try:
             client.wait_ready(timeout=min(2.0, max(0.1, deadline - time.monotonic())))
             return
         except ServerUnreachableError:
             if time.monotonic() >= deadline:
-                tail = log_path.read_text(errors="replace")[-3000:]
+                tail = server.log_path.read_text(errors="replace")[-3000:]
                 raise CliError(
                     f"the server did not become ready within {timeout:.0f} s; log tail:\n{tail}"
                 ) from None
@@ -494,8 +555,7 @@ def _demo_run(client: Client, args: argparse.Namespace, url: str) -> None:
         },
     )
     print(
-        f"== training teacher {teacher['id']}: {args.arch} on digits, "
-        f"{args.teacher_epochs} epochs"
+        f"== training teacher {teacher['id']}: {args.arch} on digits, {args.teacher_epochs} epochs"
     )
     teacher = wait_for_teacher(client, teacher["id"])
     print(f"   {_teacher_line(teacher)}")

@@ -1,0 +1,155 @@
+"""The `esnac` command line without a job running: parser, help, errors, rendering."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from service.cli import build_parser, job_body, main
+from service.cli_client import ProgressBar, format_table, ranked_trials, results_rows
+
+
+def _leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
+    """Every command path of the parser, e.g. ("teacher", "train")."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _leaf_commands(sub, prefix + (name,))
+            return
+    yield prefix
+
+
+EXPECTED = {
+    ("serve",), ("db", "upgrade"), ("db", "check"), ("teacher", "train"),
+    ("teacher", "register"), ("teacher", "list"), ("teacher", "show"), ("submit",), ("status",),
+    ("watch",), ("results",), ("cancel",), ("export",), ("demo",),
+}  # fmt: skip
+
+
+def test_every_command_of_the_issue_exists() -> None:
+    assert set(_leaf_commands(build_parser())) == EXPECTED
+
+
+@pytest.mark.parametrize("path", sorted(EXPECTED), ids=" ".join)
+def test_help_on_every_command(path: tuple[str, ...], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([*path, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: esnac {' '.join(path)}")
+    if path[0] not in ("serve", "db", "demo"):
+        assert "--url" in out and "--token" in out
+
+
+def test_console_script_is_installed() -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", "from importlib.metadata import entry_points; "
+         "print([e.value for e in entry_points(group='console_scripts') if e.name == 'esnac'])"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert result.stdout.strip() == "['service.cli:main']"
+
+
+def test_url_and_token_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ESNAC_URL", "http://example.invalid:9")
+    monkeypatch.setenv("ESNAC_API_TOKEN", "s3cret")
+    args = build_parser().parse_args(["status"])
+    assert (args.url, args.token) == ("http://example.invalid:9", "s3cret")
+    args = build_parser().parse_args(["status", "--url", "http://h:1", "--token", "t"])
+    assert (args.url, args.token) == ("http://h:1", "t")
+
+
+def test_unreachable_server_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["status", "--url", f"http://127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"cannot reach the ESNAC server at http://127.0.0.1:{port}" in err
+    assert "esnac serve" in err
+
+
+def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["submit", "--teacher", "1", "--steps", "0"])
+    assert exc.value.code == 2
+    assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_register_missing_file(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    code = main(["teacher", "register", "--arch", "resnet20", "--num-classes", "10",
+                 "--dataset", "digits", "--weights", str(tmp_path / "nope.safetensors")])
+    assert code == 1
+    assert "nope.safetensors does not exist" in capsys.readouterr().err
+
+
+def test_serve_refuses_public_bind_without_token(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ESNAC_API_TOKEN", raising=False)
+    assert main(["serve", "--host", "0.0.0.0", "--port", "1"]) == 1
+    assert "ESNAC_API_TOKEN" in capsys.readouterr().err
+
+
+def test_db_check_names_the_fix(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    assert main(["db", "check", "--database-url", url]) == 1
+    assert "esnac db upgrade" in capsys.readouterr().err
+    assert main(["db", "upgrade", "--database-url", url]) == 0
+    assert main(["db", "check", "--database-url", url]) == 0
+    assert "schema is current" in capsys.readouterr().out
+
+
+def test_submit_body_only_sets_given_options() -> None:
+    args = build_parser().parse_args(["submit", "--teacher", "3"])
+    assert job_body(args) == {
+        "teacher_id": 3, "strategy": "esnac", "steps": 20, "per_step": 8, "top_k": 4,
+        "reward": "params", "seed": 0,
+    }  # fmt: skip
+    args = build_parser().parse_args(
+        ["submit", "--teacher", "3", "--strategy", "random", "--search-epochs", "2",
+         "--max-train-samples", "256", "--no-augment", "--full-epochs", "5", "--kernels", "4",
+         "--dataset", "digits", "--embedding-from", "7"]
+    )  # fmt: skip
+    body = job_body(args)
+    assert body["search"] == {"epochs": 2, "max_train_samples": 256, "augment": False}
+    assert body["full_training"] == {"epochs": 5}
+    assert body["searcher"] == {"kernels": 4}
+    assert body["dataset"] == "digits" and body["embedding_from"] == 7
+
+
+def _trial(i: int, reward: float | None, params: int, status: str = "succeeded") -> dict:
+    return {"id": i, "number": i, "status": status, "reward": reward, "params": params,
+            "accuracy": 0.9, "compression": 1 - params / 1000, "final": None}  # fmt: skip
+
+
+def test_result_table_ranks_by_reward_with_times_smaller() -> None:
+    trials = [_trial(1, 0.5, 500), _trial(2, 0.9, 250), _trial(3, None, 100, "running"),
+              _trial(4, 0.9, 200), _trial(5, None, 10, "failed")]  # fmt: skip
+    assert [t["id"] for t in ranked_trials(trials)] == [4, 2, 1]
+    teacher = {"arch": "resnet20", "params": 1000, "accuracy": 0.95}
+    rows = results_rows(trials, teacher, top=2)
+    assert rows[0][:5] == ["teacher", "resnet20", "1000", "95.00%", "1.00x"]
+    assert [r[1] for r in rows[1:]] == [4, 2]
+    assert rows[1][4] == "5.00x" and rows[2][4] == "4.00x"
+    table = format_table(("a", "b", "c", "d", "e", "f", "g", "h"), rows).splitlines()
+    assert len(table) == 2 + 3 and table[1].startswith("-------")
+
+
+def test_progress_bar_prints_one_line_per_change_off_a_terminal() -> None:
+    out = io.StringIO()
+    bar = ProgressBar(stream=out, width=10)
+    bar.update(0, 4, "trials")
+    bar.update(0, 4, "trials")
+    bar.update(2, 4, "trials", "best reward 0.5")
+    bar.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("trials [..........] 0/4")
+    assert lines[1].startswith("trials [#####.....] 2/4  best reward 0.5")
