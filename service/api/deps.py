@@ -43,7 +43,7 @@ def get_scheduler(request: Request) -> Scheduler | None:
 def get_session(storage: Annotated[Storage, Depends(get_storage)]) -> Iterator[Repository]:
     """A read transaction for one request (mutating routes open their own, committed before
     they answer)."""
-    with storage.session() as repo:
+    with storage.session(readonly=True) as repo:
         yield repo
 
 

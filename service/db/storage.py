@@ -74,11 +74,21 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control from pysqlite (it would run our SELECTs outside any
+            # transaction), so that "BEGIN IMMEDIATE" below makes read-modify-write atomic.
+            dbapi_conn.isolation_level = None
             cur = dbapi_conn.cursor()
             if ":memory:" not in url and url not in ("sqlite://", "sqlite:///"):
                 cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            # Writers serialise on SQLite's write lock (what FOR UPDATE does on Postgres);
+            # read-only sessions get a plain snapshot and never wait for a writer (WAL).
+            readonly = conn.get_execution_options().get("esnac_readonly", False)
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, future=True)
@@ -107,11 +117,18 @@ class Storage:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            self.engine.execution_options(esnac_readonly=True), expire_on_commit=False
+        )
 
     @contextmanager
-    def session(self) -> Iterator[Repository]:
-        """One transaction: commit when the block ends normally, roll back on an exception."""
-        with self._sessions() as s, s.begin():
+    def session(self, *, readonly: bool = False) -> Iterator[Repository]:
+        """One transaction: commit when the block ends normally, roll back on an exception.
+
+        `readonly=True` promises no writes: on SQLite such a transaction does not take the
+        write lock, so reads (API polling) never queue behind the scheduler's writes.
+        """
+        with (self._read_sessions if readonly else self._sessions)() as s, s.begin():
             yield Repository(s)
 
     def ping(self) -> None:

@@ -28,7 +28,7 @@ router = APIRouter(prefix="/v1/teachers", tags=["teachers"])
 
 
 def _unprocessable(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, message)
+    return HTTPException(422, message)
 
 
 def check_teacher_fields(
@@ -147,7 +147,7 @@ async def upload_teacher(
     data = await weights.read(limit + 1)
     if len(data) > limit:
         raise HTTPException(
-            status.HTTP_413_REQUEST_ENTITY_TOO_LARGE,
+            413,
             f"weights larger than ESNAC_MAX_UPLOAD_MB={settings.max_upload_mb} MiB",
         )
     teacher = await run_in_threadpool(

@@ -1,0 +1,100 @@
+"""Shared fixtures: databases (SQLite and the real Postgres) and one local Ray per session.
+
+Postgres: a fresh, uniquely named database on 127.0.0.1:5432 (user postgres) per test session,
+migrated once and used as a template for a fresh database per test; all dropped afterwards.
+Without a reachable server the Postgres variants skip -- except in CI (`CI=true`), where they
+fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+PG_ADMIN = os.environ.get("ESNAC_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def _pg_admin():  # type: ignore[no-untyped-def]
+    from sqlalchemy import create_engine
+
+    return create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+
+
+def _pg_url(name: str) -> str:
+    return PG_ADMIN.rsplit("/", 1)[0] + "/" + name
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """Name of a migrated Postgres database (a template for per-test databases)."""
+    from sqlalchemy import text
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        engine = _pg_admin()
+        with engine.connect() as c:
+            c.execute(text("SELECT 1"))
+    except OperationalError as e:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"Postgres on 127.0.0.1:5432 is required in CI: {e}")
+        pytest.skip(f"no Postgres on 127.0.0.1:5432: {e}")
+    from service.db.migrate import upgrade
+
+    name = f"esnac_test_{uuid.uuid4().hex[:12]}"
+    with engine.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        upgrade(_pg_url(name))
+        yield name
+    finally:
+        with engine.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from service.db.migrate import upgrade
+
+    path = tmp_path_factory.mktemp("sqlite") / "template.db"
+    upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, migrated database per test: SQLite, then the real Postgres."""
+    if request.param == "sqlite":
+        path = tmp_path / "esnac.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
+        return
+    from sqlalchemy import text
+
+    template = request.getfixturevalue("pg_template")
+    name = f"{template}_{uuid.uuid4().hex[:8]}"
+    engine = _pg_admin()
+    with engine.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}" TEMPLATE "{template}"'))
+    try:
+        yield _pg_url(name)
+    finally:
+        with engine.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[str]:
+    """One local Ray for the whole test session (`ray.init(num_cpus=2)`); yields its address."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

@@ -1,0 +1,256 @@
+"""REST API v1 without workers (scheduler off): the same tests on SQLite and Postgres."""
+
+from __future__ import annotations
+
+import io
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.db import Storage, TrialState
+from service.settings import Settings
+from workers import zoo
+from workers.export import state_to_safetensors
+
+TOKEN = "s3cret-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def resnet20_bytes() -> bytes:
+    torch.manual_seed(0)
+    return state_to_safetensors(zoo.build("resnet20", 10))
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=db_url, artifact_dir=tmp_path / "artifacts", api_token=TOKEN,
+        scheduler=False, max_upload_mb=2,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def client(settings: Settings):
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def _upload(
+    client: TestClient, data: bytes, *, arch: str = "resnet20", accuracy="0.9", headers=AUTH
+):
+    form = {"arch": arch, "num_classes": "10", "dataset": "digits"}
+    if accuracy is not None:
+        form["accuracy"] = accuracy
+    return client.post(
+        "/v1/teachers", data=form, files={"weights": ("w.safetensors", data)}, headers=headers
+    )
+
+
+def _stored(settings: Settings) -> tuple[int, list[str]]:
+    s = Storage(settings.database_url)
+    with s.session() as repo:
+        n = len(repo.list_teachers())
+    s.dispose()
+    files = sorted(p.name for p in settings.artifact_dir.glob("*")) if (
+        settings.artifact_dir.exists()
+    ) else []
+    return n, files
+
+
+def test_health_and_openapi(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["database"] == "ok"
+    paths = client.get("/openapi.json").json()["paths"]
+    assert "/v1/jobs/{job_id}/trials" in paths and "/v1/teachers" in paths
+    assert client.get("/docs").status_code == 200
+
+
+def test_upload_teacher_and_download(client: TestClient, resnet20_bytes: bytes) -> None:
+    r = _upload(client, resnet20_bytes)
+    assert r.status_code == 201, r.text
+    t = r.json()
+    assert t["status"] == "ready" and t["accuracy"] == 0.9 and t["input_shape"] == [3, 32, 32]
+    assert t["params"] == sum(p.numel() for p in zoo.build("resnet20", 10).parameters())
+    assert client.get(f"/v1/teachers/{t['id']}").json() == t
+    assert [x["id"] for x in client.get("/v1/teachers").json()] == [t["id"]]
+    w = client.get(f"/v1/teachers/{t['id']}/weights")
+    assert w.status_code == 200 and w.content == resnet20_bytes
+    assert client.get("/v1/teachers/999").status_code == 404
+
+
+def test_upload_measures_accuracy_when_not_given(client: TestClient, resnet20_bytes) -> None:
+    r = _upload(client, resnet20_bytes, accuracy=None)
+    assert r.status_code == 201, r.text
+    assert 0.0 < r.json()["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize(
+    "kind", ["pickle", "torch_save", "truncated", "wrong_shape", "wrong_keys", "too_large"]
+)
+def test_bad_uploads_are_refused_and_store_nothing(
+    kind: str, client: TestClient, settings: Settings, resnet20_bytes: bytes
+) -> None:
+    state = zoo.build("resnet20", 10).state_dict()
+    if kind == "pickle":
+        data, want, needle = pickle.dumps({"x": 1}), 422, "not a valid safetensors"
+    elif kind == "torch_save":
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        data, want, needle = buf.getvalue(), 422, "not a valid safetensors"
+    elif kind == "truncated":
+        data, want, needle = resnet20_bytes[: len(resnet20_bytes) // 2], 422, "safetensors"
+    elif kind == "wrong_shape":
+        data = state_to_safetensors(zoo.build("resnet20", 100))
+        want, needle = 422, "fc.weight: expected (10, 64), got (100, 64)"
+    elif kind == "wrong_keys":
+        from safetensors.torch import save
+
+        renamed = {("x." + k if k.startswith("fc.") else k): v for k, v in state.items()}
+        data, want = save(renamed), 422
+        needle = "missing keys [fc.bias, fc.weight] (2); unexpected keys [x.fc.bias, x.fc.weight]"
+    else:
+        data, want, needle = b"\0" * (3 * 1024 * 1024), 413, "ESNAC_MAX_UPLOAD_MB=2"
+    r = _upload(client, data)
+    assert r.status_code == want, r.text
+    assert needle in r.json()["detail"]
+    assert _stored(settings) == (0, [])
+
+
+def test_bad_teacher_fields(client: TestClient, resnet20_bytes: bytes) -> None:
+    r = _upload(client, resnet20_bytes, arch="resnet999")
+    assert r.status_code == 422 and "known: " in r.json()["detail"]
+    r = client.post(
+        "/v1/teachers", headers=AUTH, files={"weights": ("w", resnet20_bytes)},
+        data={"arch": "resnet20", "num_classes": "100", "dataset": "digits"},
+    )  # fmt: skip
+    assert r.status_code == 422 and "has 10 classes" in r.json()["detail"]
+    r = client.post(
+        "/v1/teachers/train", headers=AUTH,
+        json={"arch": "resnet20", "num_classes": 10, "dataset": "nosuchset"},
+    )  # fmt: skip
+    assert r.status_code == 422 and "nosuchset" in r.json()["detail"]
+
+
+def test_token_is_required_for_mutations(client: TestClient, resnet20_bytes: bytes) -> None:
+    body = {"arch": "resnet20", "num_classes": 10, "dataset": "digits", "epochs": 1}
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic abc"}):
+        assert client.post("/v1/teachers/train", json=body, headers=headers).status_code == 401
+        assert _upload(client, resnet20_bytes, headers=headers).status_code == 401
+        assert client.post("/v1/jobs", json={"teacher_id": 1}, headers=headers).status_code == 401
+        assert client.post("/v1/jobs/1/cancel", headers=headers).status_code == 401
+    r = client.post("/v1/teachers/train", json=body, headers=AUTH)
+    assert r.status_code == 202 and r.json()["status"] == "training"
+    assert client.get("/v1/teachers").status_code == 200  # reads need no token
+
+
+def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: bytes) -> None:
+    teacher = _upload(client, resnet20_bytes).json()
+    bad = [
+        ({"teacher_id": 999}, "does not exist"),
+        ({"teacher_id": teacher["id"], "steps": 0}, "greater than or equal to 1"),
+        ({"teacher_id": teacher["id"], "per_step": 100000}, "less than or equal to 256"),
+        ({"teacher_id": teacher["id"], "search": {"epochs": 0}}, "greater than or equal to 1"),
+        ({"teacher_id": teacher["id"], "strategy": "rl"}, "esnac"),
+        ({"teacher_id": teacher["id"], "embedding_from": 5}, "not found"),
+        ({"teacher_id": teacher["id"], "dataset": "cifar100"}, "has 100 classes"),
+        ({"teacher_id": teacher["id"], "bogus": 1}, "Extra inputs"),
+    ]
+    for body, needle in bad:
+        r = client.post("/v1/jobs", json=body, headers=AUTH)
+        assert r.status_code == 422, (body, r.text)
+        assert needle in r.text, (body, r.text)
+    r = client.post("/v1/jobs", json={"teacher_id": teacher["id"]}, headers=AUTH)
+    assert r.status_code == 201, r.text
+    job = r.json()
+    # the paper's defaults
+    assert (job["steps"], job["per_step"], job["top_k"]) == (20, 8, 4)
+    assert job["search"]["epochs"] == 10 and job["full_training"]["epochs"] == 300
+    assert job["searcher"] == {
+        "kernels": 8, "subset": 0.5, "candidates": 1000, "train_encoder": True,
+    }  # fmt: skip
+    assert job["status"] == "queued" and job["progress"]["total"] == 160
+    ids = [
+        client.post("/v1/jobs", json={"teacher_id": teacher["id"], "strategy": "random"},
+                    headers=AUTH).json()["id"]
+        for _ in range(3)
+    ]  # fmt: skip
+    page = client.get("/v1/jobs", params={"limit": 2}).json()
+    assert [j["id"] for j in page["items"]] == ids[::-1][:2]
+    page2 = client.get("/v1/jobs", params={"limit": 2, "cursor": page["next_cursor"]}).json()
+    assert [j["id"] for j in page2["items"]] == [ids[0], job["id"]]
+    assert page2["next_cursor"] is None
+    assert client.get("/v1/jobs", params={"cursor": "garbage!"}).status_code == 422
+    r = client.post(f"/v1/jobs/{job['id']}/cancel", headers=AUTH)
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    assert r.json()["finished_at"] is not None
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=AUTH).status_code == 409
+    assert [j["id"] for j in client.get("/v1/jobs", params={"status": "cancelled"}).json()[
+        "items"]] == [job["id"]]  # fmt: skip
+    assert client.get("/v1/jobs/12345").status_code == 404
+
+
+def test_trials_incremental_polling(
+    client: TestClient, settings: Settings, resnet20_bytes: bytes
+) -> None:
+    teacher = _upload(client, resnet20_bytes).json()
+    job = client.post(
+        "/v1/jobs", json={"teacher_id": teacher["id"], "strategy": "random"}, headers=AUTH
+    ).json()
+    s = Storage(settings.database_url)
+    with s.session() as repo:
+        created = repo.create_trials(job["id"], [{"removed": [k]} for k in range(30)])
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 7, **({"cursor": cursor} if cursor else {})}
+        page = client.get(f"/v1/jobs/{job['id']}/trials", params=params).json()
+        seen += [t["id"] for t in page["items"]]
+        cursor = page["next_cursor"]
+        if not page["has_more"]:
+            break
+    assert seen == [t.id for t in created]
+    empty = client.get(f"/v1/jobs/{job['id']}/trials", params={"cursor": cursor}).json()
+    assert empty["items"] == [] and empty["next_cursor"] == cursor
+    with s.session() as repo:
+        repo.update_trial(created[4].id, TrialState.RUNNING, new_attempt=True, worker="w:1")
+    s.dispose()
+    page = client.get(f"/v1/jobs/{job['id']}/trials", params={"cursor": cursor}).json()
+    assert [(t["id"], t["status"], t["attempts"]) for t in page["items"]] == [
+        (created[4].id, "running", 1)
+    ]
+    running = client.get(f"/v1/jobs/{job['id']}/trials", params={"status": "running"}).json()
+    assert [t["id"] for t in running["items"]] == [created[4].id]
+    stamp = page["items"][0]["updated_at"]
+    after = client.get(f"/v1/jobs/{job['id']}/trials", params={"updated_after": stamp}).json()
+    assert after["items"] == []
+    one = client.get(f"/v1/trials/{created[0].id}").json()
+    assert one["status"] == "pending" and one["action"] == {"removed": [0]}
+    assert client.get(f"/v1/trials/{created[0].id}/weights").status_code == 404
+    assert "top-k" in client.get(f"/v1/trials/{created[0].id}/onnx").json()["detail"]
+    assert client.get(f"/v1/jobs/{job['id']}/trials", params={"cursor": "x"}).status_code == 422
+    assert client.get("/v1/jobs/999/trials").status_code == 404
+    assert client.get(f"/v1/jobs/{job['id']}").json()["progress"]["running"] == 1
+
+
+def test_app_refuses_to_start_on_a_missing_schema(tmp_path: Path) -> None:
+    from service.db.migrate import SchemaError
+
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'empty.db'}", scheduler=False)
+    with pytest.raises(SchemaError, match="run `esnac db upgrade`"):
+        with TestClient(create_app(settings)):
+            pass
+
+
+def test_server_refuses_a_public_bind_without_token(tmp_path: Path) -> None:
+    from service.server import UnsafeBindError, is_loopback, serve
+
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("example.com")
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}", api_token=None)
+    with pytest.raises(UnsafeBindError, match="ESNAC_API_TOKEN"):
+        serve(settings, host="0.0.0.0", port=1)
