@@ -31,21 +31,20 @@
     if (m < 60) return `${m}m ${String(s).padStart(2, "0")}s`;
     return `${Math.floor(m / 60)}h ${String(m % 60).padStart(2, "0")}m`;
   }
-  function age(ts) {
-    if (!ts) return "–";
-    const t = Date.parse(/[zZ]|[+-]\d\d:\d\d$/.test(ts) ? ts : ts + "Z");
-    const sec = Math.max(0, (Date.now() - t) / 1000);
+  function age(stamp) {
+    if (!stamp) return "–";
+    const sec = Math.max(0, (Date.now() - ts(stamp)) / 1000);
     if (sec < 60) return "just now";
     if (sec < 3600) return Math.floor(sec / 60) + " min ago";
     if (sec < 86400) return Math.floor(sec / 3600) + " h ago";
     return Math.floor(sec / 86400) + " d ago";
   }
+  /* Server timestamps are UTC, possibly without a zone suffix. */
+  const ts = (x) => Date.parse(/[zZ]|[+-]\d\d:\d\d$/.test(x) ? x : x + "Z");
   function trialSeconds(t) {
     if (t.seconds && t.seconds.total != null) return t.seconds.total;
-    if (t.started_at && t.finished_at) {
-      return (Date.parse(t.finished_at + (/[zZ+]/.test(t.finished_at) ? "" : "Z")) -
-        Date.parse(t.started_at + (/[zZ+]/.test(t.started_at) ? "" : "Z"))) / 1000;
-    }
+    if (t.started_at && t.finished_at) return (ts(t.finished_at) - ts(t.started_at)) / 1000;
+    if (t.status === "running" && t.started_at) return (Date.now() - ts(t.started_at)) / 1000;
     return null;
   }
   const badge = (status) => `<span class="badge badge-${esc(status)}">${esc(status)}</span>`;
@@ -185,7 +184,8 @@
     ["accuracy", "accuracy", (t) => t.accuracy, (t) => pct(t.accuracy), "num"],
     ["compression", "C", (t) => t.compression, (t) => num(t.compression), "num"],
     ["reward", "reward", (t) => t.reward, (t) => num(t.reward), "num"],
-    ["seconds", "duration", trialSeconds, (t) => duration(trialSeconds(t)), "num"],
+    ["seconds", "duration", trialSeconds,
+      (t) => duration(trialSeconds(t)) + (t.status === "running" ? "…" : ""), "num"],
     ["worker", "worker", (t) => t.worker, (t) => esc(t.worker || "–")],
     ["attempts", "attempts", (t) => t.attempts, (t) => t.attempts, "num"],
     ["error", "error", (t) => t.error, (t) => (t.error
@@ -218,25 +218,26 @@
       </section>`;
 
     const trials = new Map();
-    let cursor = null, job = null, teacher = null, page = 0, finishedPolls = 0;
+    let cursor = null, job = null, teacher = null, page = 0, finishedPolls = 0, dirty = true;
     let sort = { key: "number", dir: -1 };
     const filter = document.getElementById("trial-filter");
 
     async function tick() {
       job = await api(`/v1/jobs/${jobId}`);
       if (!teacher || teacher.status === "training") teacher = await api(`/v1/teachers/${job.teacher_id}`);
-      let changed = false, more = true;
+      let more = true;
       while (more) {
         const q = `limit=${FETCH_LIMIT}` + (cursor ? `&cursor=${encodeURIComponent(cursor)}` : "");
         const res = await api(`/v1/jobs/${jobId}/trials?${q}`);
-        for (const t of res.items) { trials.set(t.id, t); changed = true; }
+        for (const t of res.items) { trials.set(t.id, t); dirty = true; }
         cursor = res.next_cursor || cursor;
         more = res.has_more && res.items.length > 0;
       }
       window.__esnac.polls++;
       window.__esnac.trials = trials.size;
       renderHead();
-      if (changed || finishedPolls === 0) { renderCharts(); renderTable(); renderTopK(); }
+      if (dirty) { renderCharts(); renderTable(); renderTopK(); dirty = false; }
+      else if (job.progress.running > 0) renderTable();  // running durations tick
       if (TERMINAL.has(job.status)) finishedPolls++;
       return finishedPolls < 2;  // one more poll after the end picks up the last writes
     }
@@ -268,8 +269,7 @@
             <span class="value">${p.finalized} / ${job.top_k}</span>
             <span class="sub">top ${job.top_k} · ${f.epochs} epochs</span></div>
           <div class="stat"><span class="label">time</span>
-            <span class="value">${duration(((job.finished_at ? Date.parse(job.finished_at + (/[zZ+]/.test(job.finished_at) ? "" : "Z")) : Date.now()) -
-              Date.parse(job.created_at + (/[zZ+]/.test(job.created_at) ? "" : "Z"))) / 1000)}</span>
+            <span class="value">${duration(((job.finished_at ? ts(job.finished_at) : Date.now()) - ts(job.created_at)) / 1000)}</span>
             <span class="sub">created ${age(job.created_at)}</span></div>
         </div>
         <div class="bar big"><div style="width:${(100 * frac).toFixed(1)}%"></div></div>`;

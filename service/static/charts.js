@@ -1,7 +1,7 @@
 /* Hand-made SVG charts for the ESNAC dashboard (no library, nothing fetched at run time). */
 "use strict";
 
-const ESNACCharts = (() => {
+window.ESNACCharts = (() => {
   const W = 560, H = 300;
   const M = { top: 16, right: 18, bottom: 42, left: 56 };
   const PW = W - M.left - M.right, PH = H - M.top - M.bottom;
