@@ -73,6 +73,8 @@ def make_searcher(
     """The job's searcher: `RandomSearcher`, or `EsnacSearcher` with the job's options."""
     if job.strategy == "random":
         return RandomSearcher(space, seed=job.seed)
+    from safetensors.torch import load
+
     from embedding.search import EsnacSearcher  # type: ignore[attr-defined]
 
     opts = job.searcher
@@ -82,15 +84,20 @@ def make_searcher(
         subset=float(opts.get("subset", 0.5)),
         candidates=int(opts.get("candidates", 1000)),
         seed=job.seed,
-        encoder_init=encoder_init,
+        encoder_init=load(encoder_init) if encoder_init is not None else None,
         train_encoder=bool(opts.get("train_encoder", True)),
     )
 
 
 def encoder_bytes(searcher: Searcher) -> bytes | None:
     """The learned encoder's weights (safetensors) of an ESNAC searcher, else None."""
-    export = getattr(searcher, "encoder_safetensors", None)
-    return export() if callable(export) else None
+    from safetensors.torch import save
+
+    export = getattr(searcher, "encoder_state", None)
+    if not callable(export):
+        return None
+    state = {k: v.detach().cpu().contiguous() for k, v in export().items()}
+    return save(state)
 
 
 def _error_of(exc: BaseException) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "EsnacOptions",
@@ -80,6 +80,15 @@ class SearchTrainingIn(_In):
     augment: bool = True
     max_train_samples: int | None = Field(default=None, ge=1)
     cache_teacher_logits: bool = False
+
+    @model_validator(mode="after")
+    def _cache_needs_no_augment(self) -> SearchTrainingIn:
+        if self.cache_teacher_logits and self.augment:
+            raise ValueError(
+                "cache_teacher_logits needs augment=false (augmented images change every "
+                "epoch, so their teacher logits cannot be cached)"
+            )
+        return self
 
 
 class FullTrainingIn(_In):

@@ -160,6 +160,7 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
         ({"teacher_id": teacher["id"], "embedding_from": 5}, "not found"),
         ({"teacher_id": teacher["id"], "dataset": "cifar100"}, "has 100 classes"),
         ({"teacher_id": teacher["id"], "bogus": 1}, "Extra inputs"),
+        ({"teacher_id": teacher["id"], "search": {"cache_teacher_logits": True}}, "augment=false"),
     ]
     for body, needle in bad:
         r = client.post("/v1/jobs", json=body, headers=AUTH)
