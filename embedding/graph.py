@@ -278,9 +278,16 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> Layer
     was_training = model.training
     model.eval()
     gm.eval()
-    with torch.no_grad():
-        ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
-    model.train(was_training)
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
+    except Exception as exc:  # the user's model failing on the example input
+        raise UnsupportedModelError(
+            f"the model fails on an input of shape (2, {', '.join(map(str, input_shape))}): {exc}; "
+            "check input_shape"
+        ) from exc
+    finally:
+        model.train(was_training)
     modules = dict(gm.named_modules())
 
     uf = _UnionFind()
@@ -453,6 +460,13 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> Layer
                 spec(src),
                 spatial[src] if src != INPUT else 1,
             )
+            continue
+        if target is torch.nn.functional.adaptive_avg_pool2d:
+            src = source(node.args[0], node)
+            shp = input_shape if src == INPUT else layers[src].out_shape
+            size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
+            attrs = _adaptive_attrs(size, tuple(shp), owner)
+            add_layer(node, "AvgPool2d", "adaptive_avgpool", [src], attrs, None, spec(src), 1)
             continue
         if node.op == "call_method" and target == "chunk":
             dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)

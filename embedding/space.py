@@ -360,7 +360,11 @@ class CompressionSpace:
     def _channels(self, spec: tuple, keep: np.ndarray) -> int:
         return int(sum(keep[gid] for gid, _ in spec))
 
-    def _indices(self, spec: tuple, keep: np.ndarray) -> torch.Tensor:
+    def _indices(self, spec: tuple, keep: np.ndarray) -> slice | torch.Tensor:
+        """Teacher channel positions kept for a tensor: a slice (a cheap view) when the kept
+        channels are one contiguous run, an index tensor otherwise."""
+        if len(spec) == 1:
+            return slice(0, int(keep[spec[0][0]]))
         parts, offset = [], 0
         for gid, size in spec:
             parts.append(torch.arange(offset, offset + int(keep[gid])))
@@ -409,6 +413,9 @@ class CompressionSpace:
         slices: dict[int, tuple[int, int]] = {}
         shuffles: dict[int, int] = {}
         gen = torch.Generator().manual_seed(0)
+        # With inherited weights, build modules on the meta device and assign the sliced teacher
+        # tensors: skips the (large) random initialisation that would be overwritten anyway.
+        dev = "meta" if inherit and self._state else None
         for layer in g.layers:
             if layer.index in res.removed:
                 continue
@@ -429,6 +436,7 @@ class CompressionSpace:
                     a["dilation"],
                     groups,
                     a["bias"],
+                    device=dev,
                 )
                 oi = self._indices(out_spec, keep)
                 w = self._param(layer, "weight")
@@ -443,7 +451,7 @@ class CompressionSpace:
             elif layer.op == "bn":
                 c = self._channels(out_spec, keep)
                 mod = nn.BatchNorm2d(
-                    c, a["eps"], a["momentum"], a["affine"], a["track_running_stats"]
+                    c, a["eps"], a["momentum"], a["affine"], a["track_running_stats"], device=dev
                 )
                 oi = self._indices(out_spec, keep)
                 for name in ("weight", "bias", "running_mean", "running_var"):
@@ -456,9 +464,10 @@ class CompressionSpace:
             elif layer.op == "linear":
                 sp = a.get("in_spatial", 1)
                 ci = self._indices(in_spec, keep)
-                ii = (ci[:, None] * sp + torch.arange(sp)[None, :]).reshape(-1)
+                cidx = torch.arange(ci.stop) if isinstance(ci, slice) else ci
+                ii = (cidx[:, None] * sp + torch.arange(sp)[None, :]).reshape(-1)
                 cout = self._channels(out_spec, keep)
-                mod = nn.Linear(len(ii), cout, a["bias"])
+                mod = nn.Linear(len(ii), cout, a["bias"], device=dev)
                 oi = self._indices(out_spec, keep)
                 w = self._param(layer, "weight")
                 if w is not None:
@@ -491,7 +500,10 @@ class CompressionSpace:
             if mod is None:
                 continue
             if inherit and weights:
-                mod.load_state_dict({k: v.clone() for k, v in weights.items()})
+                mod.load_state_dict(
+                    {k: v.clone(memory_format=torch.contiguous_format) for k, v in weights.items()},
+                    assign=dev == "meta",
+                )
             elif not inherit:
                 self._reset(mod, gen)
             modules[layer.index] = mod

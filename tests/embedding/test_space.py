@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from embedding import Action, CompressionSpace, InvalidActionError, TooManyLayersError
+from embedding.space import REMOVE_PROBS
+from tests.embedding.test_graph import Residual
+from workers import zoo
+
+
+def _space(name: str) -> tuple[nn.Module, CompressionSpace]:
+    torch.manual_seed(0)
+    teacher = zoo.build(name, 10)
+    with torch.no_grad():  # non-trivial BN statistics so that slicing errors would show
+        for m in teacher.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.1, 0.1)
+    return teacher, CompressionSpace.from_model(teacher, max_layers=256)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", zoo.names())
+def test_500_sampled_students_run_and_count_params(name: str) -> None:
+    _, space = _space(name)
+    rng = np.random.default_rng(0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for _ in range(500):
+            action = space.sample(rng)
+            student = space.materialize(action)
+            assert student(x).shape == (2, 10)
+            assert space.num_params(action) == sum(p.numel() for p in student.parameters())
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_empty_action_rebuilds_the_teacher(name: str) -> None:
+    teacher, space = _space(name)
+    teacher.eval()
+    student = space.materialize(space.empty_action()).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (student(x) - teacher(x)).abs().max().item() < 1e-5
+    assert space.teacher_params == sum(p.numel() for p in teacher.parameters())
+    assert space.num_params(space.empty_action()) == space.teacher_params
+
+
+@pytest.mark.parametrize("name", ["resnet20", "shufflenetv2", "mobilenetv2", "vgg19"])
+def test_most_aggressive_action_still_works(name: str) -> None:
+    _, space = _space(name)
+    action = space.most_aggressive_action()
+    student = space.materialize(action)
+    out = student(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+    assert space.num_params(action) < space.teacher_params / 5
+
+
+def test_json_round_trip_rebuilds_identical_student() -> None:
+    _, space = _space("resnet20")
+    action = space.sample(np.random.default_rng(3))
+    again = Action.from_json(action.to_json())
+    assert again == action
+    a, b = space.materialize(action), space.materialize(again)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    x = torch.randn(2, 3, 32, 32)
+    a.eval(), b.eval()
+    assert torch.equal(a(x), b(x))
+
+
+def test_sampling_follows_the_papers_distributions() -> None:
+    _, space = _space("resnet20")
+    rng = np.random.default_rng(0)
+    actions = [space.sample(rng) for _ in range(400)]
+    removed_frac = np.array([len(a.removed) / len(space.removable) for a in actions])
+    assert (
+        REMOVE_PROBS[0] - 0.2 < removed_frac.min() and removed_frac.max() < REMOVE_PROBS[-1] + 0.2
+    )
+    assert abs(removed_frac.mean() - 0.5) < 0.03
+    shrink = np.concatenate([a.shrink for a in actions])
+    assert 0 <= shrink.min() and shrink.max() < 1 and abs(shrink.mean() - 0.5) < 0.02
+    assert any(a.skips for a in actions)
+    for a in actions[:50]:
+        assert not set(j for _, j in a.skips) & set(a.removed)
+
+
+def test_encoding_rows_match_hand_computed_values() -> None:
+    space = CompressionSpace.from_model(Residual(), max_layers=16)
+    assert space.row_size == 48 and space.num_layers == 9
+    # Skip (0, 3): conv1's output also feeds conv2; remove bn2 (layer 4); halve the one group.
+    assert (0, 3) in space.skip_candidates and 4 in space.removable
+    action = Action(removed=(4,), shrink=(0.5,), skips=((0, 3),), teacher=space.fingerprint)
+    rows = space.encode([action])[0]
+    assert rows.shape == (9, 48)
+
+    def expect(kind: int, nums: list[float], ins: list[int], outs: list[int]) -> torch.Tensor:
+        row = torch.zeros(48)
+        row[kind] = 1
+        row[10:16] = torch.tensor(nums)
+        for d in ins:
+            row[16 + d] = 1
+        for d in outs:
+            row[32 + d] = 1
+        return row
+
+    conv, bn, relu, ident, avg, flat, lin = 4, 8, 7, 0, 6, 1, 9
+    expected = [
+        expect(conv, [3, 1, 1, 1, 3, 4], [], [1, 3]),  # conv1: 8 -> 4 channels, skip to 3
+        expect(bn, [0] * 6, [1], [1]),
+        expect(relu, [0] * 6, [1], [1, 3]),
+        expect(conv, [3, 1, 1, 1, 4, 4], [1, 3], [1]),  # conv2 reads relu and (skip) conv1
+        expect(ident, [0] * 6, [1], [1]),  # removed bn2: Identity, numbers zeroed
+        expect(ident, [0] * 6, [1, 3], [1]),  # the residual add
+        expect(avg, [32, 32, 0, 0, 0, 0], [1], [1]),
+        expect(flat, [0] * 6, [1], [1]),
+        expect(lin, [0, 0, 0, 0, 4, 4], [1], []),
+    ]
+    for i, row in enumerate(expected):
+        assert torch.equal(rows[i], row), f"row {i}: {rows[i].tolist()} != {row.tolist()}"
+    student = space.materialize(action)
+    assert student(torch.randn(2, 3, 32, 32)).shape == (2, 4)
+    assert space.num_params(action) == sum(p.numel() for p in student.parameters())
+
+
+def test_encode_batches_and_matches_single() -> None:
+    _, space = _space("resnet20")
+    rng = np.random.default_rng(1)
+    actions = [space.sample(rng) for _ in range(5)]
+    batch = space.encode(actions)
+    assert batch.shape == (5, space.num_layers, 16 + 2 * space.max_layers)
+    assert torch.equal(batch[2], space.encode([actions[2]])[0])
+
+
+def test_foreign_and_malformed_actions_are_refused() -> None:
+    _, space = _space("resnet20")
+    _, other = _space("resnet56")
+    foreign = other.sample(np.random.default_rng(0))
+    with pytest.raises(InvalidActionError, match="teacher"):
+        space.materialize(foreign)
+    with pytest.raises(InvalidActionError, match="shrink ratios"):
+        space.num_params(Action(shrink=(0.1,)))
+    with pytest.raises(InvalidActionError, match="cannot be removed"):
+        space.validate(Action(removed=(10_000,), shrink=space.empty_action().shrink))
+    with pytest.raises(InvalidActionError, match="version"):
+        Action.from_json('{"version": 99}')
+    with pytest.raises(InvalidActionError, match="JSON"):
+        Action.from_json("{not json")
+
+
+def test_too_many_layers_is_a_clear_error() -> None:
+    with pytest.raises(TooManyLayersError, match="max_layers"):
+        CompressionSpace.from_model(zoo.build("resnet56", 10), max_layers=128)
+
+
+def test_unknown_zoo_name_lists_known_ones() -> None:
+    with pytest.raises(zoo.UnknownModelError, match="resnet20"):
+        zoo.build("resnet9000", 10)
