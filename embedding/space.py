@@ -169,13 +169,13 @@ class StudentNet(nn.Module):
                 for j in ins[1:]:
                     y = y + outs[j]
                 if i not in self._removed:
-                    y = self._apply(i, op, y)
+                    y = self._run_layer(i, op, y)
             outs[i] = y
             for j in self._free_after[i]:
                 del outs[j]
         return outs[len(self.ops) - 1]
 
-    def _apply(self, i: int, op: str, y: torch.Tensor) -> torch.Tensor:
+    def _run_layer(self, i: int, op: str, y: torch.Tensor) -> torch.Tensor:
         if op == "add":
             return y
         if op == "flatten":

@@ -204,7 +204,7 @@ class MobileNetV2(nn.Module):
         return self.fc(self.dropout(self.flatten(self.pool(x))))
 
 
-_VGG19 = [
+_VGG19: list[int | str] = [
     64,
     64,
     "M",
