@@ -161,3 +161,10 @@ def test_too_many_layers_is_a_clear_error() -> None:
 def test_unknown_zoo_name_lists_known_ones() -> None:
     with pytest.raises(zoo.UnknownModelError, match="resnet20"):
         zoo.build("resnet9000", 10)
+
+
+def test_student_moves_like_any_module() -> None:
+    _, space = _space("resnet20")
+    student = space.materialize(space.sample(np.random.default_rng(5))).to(torch.float64)
+    assert next(student.parameters()).dtype == torch.float64
+    assert student(torch.randn(2, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
