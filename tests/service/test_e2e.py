@@ -1,0 +1,252 @@
+"""End to end through HTTP only: a real server process, real Ray workers, real training.
+
+The server runs as `python -m service.server` connected to the session's local Ray; everything
+is tiny (digits, few samples, 1 epoch) to fit the CPU budget.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from service.db.migrate import upgrade
+
+pytestmark = pytest.mark.slow
+
+TOKEN = "e2e-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """`python -m service.server` in a subprocess (its log goes to `log`)."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env, self.log = env, log
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        out = open(self.log, "ab")  # noqa: SIM115 - owned by the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.server", "--port", str(self.port)],
+            env=self.env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise TimeoutError(f"server not ready: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """Crash it (SIGKILL): no shutdown code runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def server_env(ray_session: str, tmp_path: Path) -> dict[str, str]:
+    url = f"sqlite:///{tmp_path / 'esnac.db'}"
+    upgrade(url)
+    env = dict(os.environ)
+    env.update(
+        ESNAC_DATABASE_URL=url, ESNAC_ARTIFACT_DIR=str(tmp_path / "artifacts"),
+        ESNAC_API_TOKEN=TOKEN, ESNAC_RAY_ADDRESS=ray_session, ESNAC_WORKERS="2",
+        ESNAC_CPUS_PER_TRIAL="1", ESNAC_THREADS_PER_TRIAL="1", ESNAC_POLL_INTERVAL="0.2",
+        OMP_NUM_THREADS="1",
+    )  # fmt: skip
+    return env
+
+
+@pytest.fixture
+def servers(server_env: dict[str, str], tmp_path: Path) -> Iterator[list[Server]]:
+    made: list[Server] = []
+    yield made
+    for s in made:
+        s.stop()
+
+
+def _wait(client: httpx.Client, path: str, done: Any, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get(path).json()
+        if done(body):
+            return body
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} still {body}")
+        time.sleep(0.5)
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    return job["status"] in ("succeeded", "failed", "cancelled")
+
+
+def _all_trials(client: httpx.Client, job_id: int) -> list[dict[str, Any]]:
+    page = client.get(f"/v1/jobs/{job_id}/trials", params={"limit": 1000}).json()
+    return sorted(page["items"], key=lambda t: t["number"])
+
+
+def test_esnac_job_end_to_end(servers: list[Server], server_env, tmp_path: Path) -> None:
+    import torch
+
+    from embedding.space import Action
+    from service.scheduler import build_space
+    from workers.data import load_dataset
+    from workers.export import load_state_safetensors
+    from workers.train import evaluate
+
+    server = Server(server_env, tmp_path / "server.log")
+    servers.append(server)
+    server.start()
+    c = httpx.Client(base_url=server.url, headers=AUTH, timeout=30)
+    r = c.post("/v1/teachers/train", json={
+        "arch": "resnet20", "num_classes": 10, "dataset": "digits", "epochs": 3,
+        "max_train_samples": 512, "batch_size": 64, "lr": 0.05,
+    })  # fmt: skip
+    assert r.status_code == 202, r.text
+    teacher = _wait(c, f"/v1/teachers/{r.json()['id']}", lambda t: t["status"] != "training", 180)
+    assert teacher["status"] == "ready", teacher
+    assert teacher["accuracy"] > 0.2
+
+    r = c.post("/v1/jobs", json={
+        "teacher_id": teacher["id"], "strategy": "esnac", "steps": 2, "per_step": 2,
+        "search": {"epochs": 1, "max_train_samples": 256, "batch_size": 64},
+        "top_k": 1, "full_training": {"epochs": 1, "batch_size": 64}, "seed": 0,
+        "searcher": {"kernels": 2, "candidates": 50},
+    })  # fmt: skip
+    assert r.status_code == 201, r.text
+    job = _wait(c, f"/v1/jobs/{r.json()['id']}", _finished, 300)
+    assert job["status"] == "succeeded", (job, server.log.read_text()[-3000:])
+    assert job["progress"]["succeeded"] == 4 and job["progress"]["finalized"] == 1
+    assert job["has_encoder"]
+    trials = _all_trials(c, job["id"])
+    assert [t["number"] for t in trials] == [0, 1, 2, 3]
+    assert all(t["status"] == "succeeded" and t["reward"] is not None for t in trials)
+    assert all(t["attempts"] == 1 and t["worker"] for t in trials)
+
+    best = job["best_trial"]
+    assert best["reward"] == max(t["reward"] for t in trials)
+    assert best["final"] is not None and best["final"]["has_onnx"]
+    w = c.get(f"/v1/trials/{best['id']}/weights")
+    assert w.status_code == 200 and w.headers["x-esnac-weights"] == "final"
+    onnx = c.get(f"/v1/trials/{best['id']}/onnx")
+    assert onnx.status_code == 200 and len(onnx.content) > 1000
+    teacher_w = c.get(f"/v1/teachers/{teacher['id']}/weights").content
+    space = build_space("resnet20", 10, teacher_w, (3, 32, 32))
+    student = space.materialize(Action.from_json(best["action"]))
+    load_state_safetensors(student, w.content)
+    torch.set_num_threads(1)
+    acc = evaluate(student, load_dataset("digits").val)
+    assert acc == pytest.approx(best["final"]["accuracy"], abs=1e-6)
+    assert sum(p.numel() for p in student.parameters()) == best["params"]
+
+    # a second job reuses the learned encoder
+    r = c.post("/v1/jobs", json={
+        "teacher_id": teacher["id"], "embedding_from": job["id"], "steps": 1, "per_step": 1,
+        "top_k": 0, "search": {"epochs": 1, "max_train_samples": 64},
+        "searcher": {"kernels": 1, "candidates": 20, "train_encoder": False},
+    })  # fmt: skip
+    assert r.status_code == 201, r.text
+    job2 = _wait(c, f"/v1/jobs/{r.json()['id']}", _finished, 120)
+    assert job2["status"] == "succeeded", job2
+
+
+def test_restart_and_dead_worker_keep_every_finished_trial(
+    servers: list[Server], server_env, tmp_path: Path
+) -> None:
+    from workers import zoo
+    from workers.export import state_to_safetensors
+
+    server = Server(server_env, tmp_path / "server1.log")
+    servers.append(server)
+    server.start()
+    c = httpx.Client(base_url=server.url, headers=AUTH, timeout=30)
+    r = c.post(
+        "/v1/teachers", files={"weights": ("t", state_to_safetensors(zoo.build("resnet20", 10)))},
+        data={"arch": "resnet20", "num_classes": "10", "dataset": "digits", "accuracy": "0.5"},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    r = c.post("/v1/jobs", json={
+        "teacher_id": r.json()["id"], "strategy": "random", "steps": 3, "per_step": 2,
+        "search": {"epochs": 1, "max_train_samples": 192, "batch_size": 64, "augment": False},
+        "top_k": 1, "full_training": {"epochs": 1, "batch_size": 64}, "seed": 3,
+    })  # fmt: skip
+    job_id = r.json()["id"]
+    _wait(c, f"/v1/jobs/{job_id}", lambda j: j["progress"]["succeeded"] >= 2, 180)
+    server.kill()
+    from service.db import Storage  # the server is down: read its database directly
+
+    storage = Storage(server_env["ESNAC_DATABASE_URL"])
+    with storage.session() as repo:
+        at_kill = {t.id: t for t in repo.job_trials(job_id)}
+    storage.dispose()
+    finished = {k: t for k, t in at_kill.items() if t.status.is_finished()}
+    in_flight = {k: t for k, t in at_kill.items() if t.status.value == "running"}
+    assert len(finished) >= 2
+
+    server2 = Server(server_env, tmp_path / "server2.log")
+    servers.append(server2)
+    server2.start()
+    c = httpx.Client(base_url=server2.url, headers=AUTH, timeout=30)
+    # kill the worker process of a running trial: it is retried on a fresh actor
+    def live(t: dict[str, Any]) -> bool:  # dispatched by this server (not a stale row)
+        old = at_kill.get(t["id"])
+        return bool(t["worker"]) and (old is None or t["attempts"] > old.attempts)
+
+    running = _wait(
+        c, f"/v1/jobs/{job_id}/trials?status=running",
+        lambda p: any(live(t) for t in p["items"]), 120,
+    )["items"]  # fmt: skip
+    victim = next(t for t in running if live(t))
+    os.kill(int(victim["worker"].rsplit(":", 1)[1]), signal.SIGKILL)
+    killed_at = time.time()
+
+    job = _wait(c, f"/v1/jobs/{job_id}", _finished, 300)
+    assert job["status"] == "succeeded", (job, server2.log.read_text()[-3000:])
+    trials = {t["id"]: t for t in _all_trials(c, job_id)}
+    assert sorted(t["number"] for t in trials.values()) == list(range(6))
+    assert all(t["status"] == "succeeded" for t in trials.values())
+    for tid, old in finished.items():  # kept exactly, not evaluated again
+        now = trials[tid]
+        assert now["attempts"] == old.attempts and now["reward"] == old.reward
+        assert now["finished_at"].startswith(old.finished_at.isoformat()[:19])
+    for tid, old in in_flight.items():  # re-dispatched: one more attempt
+        if tid != victim["id"]:
+            assert trials[tid]["attempts"] == old.attempts + 1
+    v = trials[victim["id"]]
+    finished_late = v["finished_at"] > time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(killed_at))
+    if finished_late:  # (else it finished just before the kill: the race is lost, fine)
+        assert v["attempts"] >= victim["attempts"] + 1
+        assert f"worker died on trial {victim['id']}" in server2.log.read_text()
+    assert max(t["attempts"] for t in trials.values()) <= 3
