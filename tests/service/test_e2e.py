@@ -250,3 +250,20 @@ def test_restart_and_dead_worker_keep_every_finished_trial(
         assert v["attempts"] >= victim["attempts"] + 1
         assert f"worker died on trial {victim['id']}" in server2.log.read_text()
     assert max(t["attempts"] for t in trials.values()) <= 3
+
+    # cancel a running job: unfinished trials fail as cancelled, nothing changes afterwards
+    r = c.post("/v1/jobs", json={
+        "teacher_id": job["teacher_id"], "strategy": "random", "steps": 10, "per_step": 2,
+        "search": {"epochs": 5, "max_train_samples": 256, "batch_size": 64}, "top_k": 0,
+    })  # fmt: skip
+    job3 = r.json()["id"]
+    _wait(c, f"/v1/jobs/{job3}/trials?status=running", lambda p: bool(p["items"]), 60)
+    r = c.post(f"/v1/jobs/{job3}/cancel")
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    page = c.get(f"/v1/jobs/{job3}/trials").json()
+    assert page["items"] and all(t["status"] in ("succeeded", "failed") for t in page["items"])
+    assert any(t["error_code"] == "cancelled" for t in page["items"])
+    time.sleep(2.0)
+    later = c.get(f"/v1/jobs/{job3}/trials", params={"cursor": page["next_cursor"]}).json()
+    assert later["items"] == []
+    assert c.get(f"/v1/jobs/{job3}").json()["status"] == "cancelled"
