@@ -81,6 +81,11 @@ class SearchTraining:
         _check_positive("weight_decay", self.weight_decay, allow_zero=True)
         if self.max_train_samples is not None:
             _check_positive("max_train_samples", self.max_train_samples)
+        if self.cache_teacher_logits and self.augment:
+            raise BadSpecError(
+                "cache_teacher_logits needs augment=False (augmented images change every epoch, "
+                "so their teacher logits cannot be cached)"
+            )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from embedding.space import Action, CompressionSpace
+from workers import zoo
+from workers.data import DatasetSplits, load_dataset
+from workers.spec import BadSpecError, FullTraining, SearchTraining, TrainingFailedError
+from workers.train import (
+    count_flops,
+    count_params,
+    distill,
+    evaluate,
+    finetune,
+    teacher_logits,
+    train_teacher,
+)
+
+
+@pytest.fixture(scope="module")
+def digits() -> DatasetSplits:
+    return load_dataset("digits")
+
+
+def half_student(teacher: torch.nn.Module) -> tuple[CompressionSpace, torch.nn.Module]:
+    space = CompressionSpace.from_model(teacher)
+    action = Action((), tuple(0.5 for _ in space.shrinkable), (), space.fingerprint)
+    return space, space.materialize(action)
+
+
+def test_counts_match_the_space_and_shrink_with_the_student() -> None:
+    torch.manual_seed(0)
+    teacher = zoo.build("resnet20", 10)
+    space, student = half_student(teacher)
+    assert count_params(teacher) == space.teacher_params
+    assert count_params(student) == space.num_params(
+        Action((), tuple(0.5 for _ in space.shrinkable), (), space.fingerprint)
+    )
+    t_flops, s_flops = count_flops(teacher, (3, 32, 32)), count_flops(student, (3, 32, 32))
+    # resnet20 is ~41 M multiply-adds per 32x32 image; halving every width leaves ~1/4.
+    assert 75e6 < t_flops < 90e6
+    assert 0.2 < s_flops / t_flops < 0.3
+    assert teacher.training  # counting leaves the mode alone
+
+
+def test_distill_is_reproducible_and_keeps_the_best_epoch(digits: DatasetSplits) -> None:
+    torch.manual_seed(0)
+    teacher = zoo.build("resnet20", 10)
+    training = SearchTraining(epochs=2, batch_size=32, max_train_samples=96)
+    runs = []
+    for _ in range(2):
+        _, student = half_student(teacher)
+        res = distill(student, teacher, digits, training, seed=7, device="cpu")
+        runs.append((res, student.state_dict()))
+    (a, sa), (b, sb) = runs
+    assert a.history == b.history and len(a.history) == 2
+    assert a.best_accuracy == max(a.history) and a.images == 2 * 96
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    # The student holds the best epoch's weights: evaluating it gives the best accuracy.
+    _, student = half_student(teacher)
+    student.load_state_dict(sa)
+    assert evaluate(student, digits.val) == pytest.approx(a.best_accuracy)
+    _, other = half_student(teacher)
+    c = distill(other, teacher, digits, training, seed=8, device="cpu")
+    assert c.history != a.history or not torch.equal(
+        other.state_dict()["layers.0.weight"], sa["layers.0.weight"]
+    )
+
+
+def test_logit_cache_gives_the_same_training(digits: DatasetSplits) -> None:
+    torch.manual_seed(0)
+    teacher = zoo.build("resnet20", 10)
+    training = SearchTraining(epochs=1, batch_size=32, max_train_samples=64, augment=False)
+    _, s1 = half_student(teacher)
+    plain = distill(s1, teacher, digits, training, seed=1, device="cpu")
+    logits = teacher_logits(teacher, digits.train.head(64))
+    assert logits.shape == (64, 10)
+    _, s2 = half_student(teacher)
+    cached = distill(s2, teacher, digits, training, seed=1, device="cpu", teacher_logits=logits)
+    assert cached.history == pytest.approx(plain.history, abs=2 / len(digits.val))
+    for k, v in s1.state_dict().items():
+        assert torch.allclose(v.float(), s2.state_dict()[k].float(), atol=1e-4), k
+    with pytest.raises(BadSpecError, match="augment=False"):
+        distill(s2, teacher, digits, SearchTraining(epochs=1), seed=1, teacher_logits=logits)
+
+
+def test_non_finite_loss_is_a_training_failure(digits: DatasetSplits) -> None:
+    teacher = zoo.build("resnet20", 10)
+    _, student = half_student(teacher)
+    with torch.no_grad():
+        teacher.fc.bias.fill_(float("inf"))
+    training = SearchTraining(epochs=1, batch_size=32, max_train_samples=32)
+    with pytest.raises(TrainingFailedError, match="non-finite.*lower the learning rate"):
+        distill(student, teacher, digits, training, seed=0, device="cpu")
+
+
+def test_bad_settings_are_refused(digits: DatasetSplits) -> None:
+    teacher = zoo.build("resnet20", 10)
+    _, student = half_student(teacher)
+    with pytest.raises(BadSpecError, match="lr must be a finite number"):
+        distill(student, teacher, digits, SearchTraining(lr=float("nan")), seed=0)
+    with pytest.raises(BadSpecError, match="lr"):
+        finetune(student, digits, FullTraining(lr=-1.0), seed=0)
+    with pytest.raises(BadSpecError, match="unknown teacher architecture 'resnet7'"):
+        train_teacher("resnet7", 10, "digits", splits=digits, epochs=1)
+    with pytest.raises(BadSpecError, match="has 10 classes but num_classes=100"):
+        train_teacher("resnet20", 100, "digits", splits=digits, epochs=1)
+    with pytest.raises(BadSpecError, match="lr must be a finite number"):
+        train_teacher("resnet20", 10, "digits", splits=digits, lr=float("nan"))
+    with pytest.raises(BadSpecError, match="CUDA is not available"):
+        distill(student, teacher, digits, SearchTraining(), seed=0, device="cuda:3")
+
+
+def test_finetune_trains_with_labels_and_reports_each_epoch(digits: DatasetSplits) -> None:
+    torch.manual_seed(0)
+    teacher = zoo.build("resnet20", 10)
+    _, student = half_student(teacher)
+    small = DatasetSplits(
+        digits.train.head(64), digits.val.head(50), digits.val.head(20), 10, (3, 32, 32), "d"
+    )
+    before = student.state_dict()["layers.0.weight"].clone()
+    res = finetune(student, small, FullTraining(epochs=2, batch_size=32, step_every=1), seed=0)
+    assert len(res.history) == 2 and res.accuracy == res.history[-1]
+    assert res.test_accuracy is not None and 0 <= res.test_accuracy <= 1
+    assert not torch.equal(before, student.state_dict()["layers.0.weight"])
+
+
+@pytest.mark.slow
+def test_digits_teacher_and_half_width_student_reach_the_targets(digits: DatasetSplits) -> None:
+    """Done-when: resnet20 >= 90% on digits, a half-width student >= 85% after KD, each fast."""
+    t0 = time.perf_counter()
+    teacher = train_teacher(
+        "resnet20",
+        10,
+        "digits",
+        splits=digits,
+        epochs=3,
+        batch_size=32,
+        lr=0.05,
+        step_every=2,
+        device="cpu",
+    )
+    t_teacher = time.perf_counter() - t0
+    assert teacher.accuracy >= 0.90, teacher.history
+    assert teacher.metadata["accuracy"] == teacher.accuracy
+    assert teacher.metadata["arch"] == "resnet20" and teacher.metadata["dataset"] == "digits"
+    _, student = half_student(teacher.model)
+    t1 = time.perf_counter()
+    res = distill(
+        student,
+        teacher.model,
+        digits,
+        SearchTraining(epochs=3, batch_size=32),
+        seed=0,
+        device="cpu",
+    )
+    t_student = time.perf_counter() - t1
+    print(
+        f"teacher {teacher.accuracy:.4f} in {t_teacher:.1f}s; "
+        f"student {res.best_accuracy:.4f} in {t_student:.1f}s"
+    )
+    assert res.best_accuracy >= 0.85, res.history

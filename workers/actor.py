@@ -1,0 +1,213 @@
+"""The Ray actor that runs trials: one per GPU on a cluster, one per CPU slot on a laptop.
+
+Usage (the coordinator)::
+
+    worker = RemoteTrialWorker.options(num_cpus=1, num_gpus=1).remote()
+    ref = ray.put(teacher_bytes)                    # once per job
+    ray.get(worker.prepare.remote(ctx_dict, ref))   # ctx_dict: asdict(JobContext) minus weights
+    result = ray.get(worker.evaluate.remote(job_key, spec.to_dict()))
+
+Every method returns plain data (dicts, lists, numbers, bytes). Failures are raised as
+`workers.spec.WorkerError` subclasses; Ray re-raises them in the caller as exceptions that are
+also instances of the original class, so `except WorkerError` works on the caller's side and the
+actor stays alive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import ray
+import torch
+
+from workers import zoo
+from workers.data import load_dataset
+from workers.export import load_state_safetensors
+from workers.spec import BadSpecError, FullTraining
+from workers.train import evaluate, resolve_device, train_teacher
+from workers.trial import (
+    JobContext,
+    JobState,
+    finetune_student,
+    guard,
+    prepare_job,
+    run_trial,
+    worker_name,
+)
+
+__all__ = ["RemoteTrialWorker", "TrialWorker"]
+
+_CTX_FIELDS = {f.name for f in dataclasses.fields(JobContext)}
+
+
+class TrialWorker:
+    """Runs trials, caching each job's teacher and data across its trials.
+
+    Args:
+        device: "cpu", "cuda", "cuda:N" or None (CUDA when available).
+        threads: torch intra-op threads (None: leave torch's / Ray's setting).
+    """
+
+    def __init__(self, device: str | None = None, threads: int | None = None) -> None:
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+        self.device = resolve_device(device)
+        self._jobs: dict[str, JobState] = {}
+
+    def name(self) -> str:
+        """`host:pid` of the worker process."""
+        return worker_name()
+
+    def prepare(self, ctx: dict[str, Any], teacher_weights: bytes | None = None) -> str:
+        """Cache a job's teacher and data (idempotent per `job_key`).
+
+        Args:
+            ctx: `dataclasses.asdict(JobContext)`, `teacher_weights` may be left out.
+            teacher_weights: the teacher's safetensors bytes (pass the ObjectRef from `ray.put`
+                here, as a top-level argument, so Ray resolves it once per worker).
+
+        Returns:
+            The worker's name.
+
+        Raises:
+            BadSpecError: unknown fields, missing weights, or anything `prepare_job` refuses.
+        """
+        with guard("prepare", wrap_all=True):
+            if not isinstance(ctx, dict):
+                raise BadSpecError(f"ctx must be a dict, got {type(ctx).__name__}")
+            unknown = set(ctx) - _CTX_FIELDS
+            if unknown:
+                raise BadSpecError(f"unknown job context field(s): {sorted(unknown)}")
+            fields = dict(ctx)
+            if teacher_weights is not None:
+                fields["teacher_weights"] = teacher_weights
+            if not fields.get("teacher_weights"):
+                raise BadSpecError("no teacher weights: pass them as prepare's second argument")
+            key = fields.get("job_key")
+            if key in self._jobs:
+                return self.name()
+            try:
+                job = JobContext(**fields)
+            except TypeError as exc:
+                raise BadSpecError(f"malformed job context: {exc}") from exc
+            self._jobs[job.job_key] = prepare_job(job, device=self.device)
+        return self.name()
+
+    def _job(self, job_key: str) -> JobState:
+        state = self._jobs.get(job_key)
+        if state is None:
+            raise BadSpecError(
+                f"job {job_key!r} is not prepared on worker {self.name()}; call prepare first"
+            )
+        return state
+
+    def evaluate(self, job_key: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Run one trial of a prepared job.
+
+        Args:
+            job_key: the job's key given to `prepare`.
+            spec: `TrialSpec.to_dict()`.
+
+        Returns:
+            `dataclasses.asdict(TrialResult)` (weights as bytes or None).
+
+        Raises:
+            BadSpecError, WorkerOutOfMemoryError, TrainingFailedError.
+        """
+        with guard("trial", wrap_all=True):
+            state = self._job(job_key)
+            result = run_trial(state.ctx, spec, cache=state)
+        return dataclasses.asdict(result)
+
+    def finetune(
+        self,
+        job_key: str,
+        action: dict[str, Any],
+        weights: bytes | None,
+        training: dict[str, Any],
+        seed: int,
+    ) -> dict[str, Any]:
+        """Fully train one student of a prepared job from its search weights.
+
+        Returns:
+            `{"accuracy", "test_accuracy", "history", "weights", "onnx", "params", "flops",
+            "seconds"}`.
+        """
+        with guard("full training", wrap_all=True):
+            state = self._job(job_key)
+            try:
+                full = FullTraining(**training)
+            except TypeError as exc:
+                raise BadSpecError(f"malformed full-training settings: {exc}") from exc
+            return finetune_student(state, action, weights, full, int(seed))
+
+    def train_teacher(
+        self,
+        arch: str,
+        num_classes: int,
+        dataset: str,
+        data_dir: str | None,
+        epochs: int,
+        seed: int,
+        lr: float = 0.1,
+        batch_size: int = 128,
+        max_train_samples: int | None = None,
+    ) -> dict[str, Any]:
+        """Train a zoo teacher (the paper's recipe, lr x 0.1 every 100 epochs).
+
+        Returns:
+            `{"weights": bytes, "accuracy": float, "metadata": dict, "seconds": float}`.
+        """
+        t0 = time.perf_counter()
+        with guard("teacher training", wrap_all=True):
+            res = train_teacher(
+                arch,
+                num_classes,
+                dataset,
+                root=data_dir,
+                epochs=epochs,
+                lr=lr,
+                batch_size=batch_size,
+                seed=seed,
+                device=self.device,
+                max_train_samples=max_train_samples,
+            )
+        return {
+            "weights": res.weights,
+            "accuracy": res.accuracy,
+            "metadata": res.metadata,
+            "seconds": time.perf_counter() - t0,
+        }
+
+    def measure_teacher(
+        self, arch: str, num_classes: int, weights: bytes, dataset: str, data_dir: str | None
+    ) -> float:
+        """Validation accuracy of uploaded teacher weights on the dataset's validation split."""
+        with guard("measure teacher", wrap_all=True):
+            try:
+                model = zoo.build(arch, int(num_classes))
+            except (zoo.UnknownModelError, ValueError) as exc:
+                raise BadSpecError(str(exc)) from exc
+            load_state_safetensors(model, weights)
+            splits = load_dataset(dataset, data_dir)
+            if splits.num_classes != int(num_classes):
+                raise BadSpecError(
+                    f"dataset {dataset!r} has {splits.num_classes} classes but the teacher has "
+                    f"{num_classes}"
+                )
+            return evaluate(model, splits.val, device=self.device)
+
+    def release(self, job_key: str) -> None:
+        """Drop a job's cached teacher and data."""
+        self._jobs.pop(job_key, None)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def jobs(self) -> list[str]:
+        """Keys of the jobs cached here."""
+        return sorted(self._jobs)
+
+
+RemoteTrialWorker = ray.remote(TrialWorker)

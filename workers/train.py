@@ -1,0 +1,527 @@
+"""Training and measuring networks: teacher training, search-time KD, full training, evaluation.
+
+The defaults are the paper's (DESIGN.md section 3):
+    - teacher: SGD lr 0.1, momentum 0.9, weight decay 5e-4, 400 epochs, lr x 0.1 every 100;
+    - search-time distillation: MSE between student and teacher logits, Adam lr 1e-3, weight
+      decay 5e-4, 10 epochs, batch 128, random crop (pad 4) + horizontal flip; the accuracy of a
+      candidate is its best validation accuracy over the epochs;
+    - full training: SGD lr 0.01, momentum 0.9, weight decay 5e-4, lr x 0.1 every 100 epochs,
+      cross-entropy on the labels, starting from the search weights.
+On CUDA, mixed precision (bfloat16 autocast) and channels-last are on by default; on the CPU
+everything runs in plain float32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from workers import zoo
+from workers.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
+from workers.export import move, state_to_safetensors
+from workers.spec import BadSpecError, FullTraining, SearchTraining, TrainingFailedError
+
+__all__ = [
+    "DistillResult",
+    "FinetuneResult",
+    "TeacherResult",
+    "count_flops",
+    "count_params",
+    "distill",
+    "evaluate",
+    "finetune",
+    "resolve_device",
+    "seed_everything",
+    "teacher_logits",
+    "train_teacher",
+]
+
+
+@dataclass
+class TeacherResult:
+    """A trained teacher.
+
+    Attributes:
+        model: the network after the last epoch (on the training device, eval mode).
+        accuracy: its validation accuracy in [0, 1].
+        weights: its state dict as safetensors bytes.
+        metadata: JSON-able description: arch, num_classes, dataset, accuracy, epochs, ...
+        history: validation accuracy after every epoch.
+    """
+
+    model: nn.Module
+    accuracy: float
+    weights: bytes
+    metadata: dict[str, Any]
+    history: list[float] = field(default_factory=list)
+
+
+@dataclass
+class DistillResult:
+    """Outcome of search-time distillation (the student holds its best epoch's weights).
+
+    Attributes:
+        best_accuracy: best validation accuracy over the epochs, in [0, 1].
+        history: validation accuracy after every epoch.
+        best_epoch: index of the epoch that reached `best_accuracy`.
+        images: training images processed (all epochs).
+        seconds: wall-clock time spent in the training steps (validation excluded).
+    """
+
+    best_accuracy: float
+    history: list[float]
+    best_epoch: int = 0
+    images: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class FinetuneResult:
+    """Outcome of full training.
+
+    Attributes:
+        accuracy: validation accuracy after the last epoch.
+        history: validation accuracy after every epoch.
+        test_accuracy: accuracy on the test split where the dataset has one, else None.
+    """
+
+    accuracy: float
+    history: list[float]
+    test_accuracy: float | None = None
+
+
+# ------------------------------------------------------------------------------------ helpers
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The device to run on: the given one, else CUDA when available, else the CPU.
+
+    Raises:
+        BadSpecError: a device string torch does not understand, or CUDA asked for but absent.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise BadSpecError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BadSpecError(f"device {device!r} asked for, but CUDA is not available here")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _autocast(dev: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    if amp and dev.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _defaults(dev: torch.device, amp: bool | None, channels_last: bool | None) -> tuple[bool, bool]:
+    on_cuda = dev.type == "cuda"
+    return (on_cuda if amp is None else amp), (on_cuda if channels_last is None else channels_last)
+
+
+def _prepare(model: nn.Module, dev: torch.device, channels_last: bool) -> nn.Module:
+    return move(model, dev, memory_format=torch.channels_last if channels_last else None)
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
+    was = model.training
+    model.train(training)
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def count_flops(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> int:
+    """FLOPs of one forward pass on one image (`torch.utils.flop_counter`, 2 per MAC).
+
+    Args:
+        model: the network (left in its mode and on its device).
+        input_shape: `(C, H, W)`.
+    """
+    x = torch.zeros(1, *(int(s) for s in input_shape), device=_model_device(model))
+    counter = FlopCounterMode(display=False)
+    with _mode(model, False), torch.no_grad(), counter:
+        model(x)
+    return int(counter.get_total_flops())
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: ImageTensors,
+    device: str | torch.device | None = None,
+    batch_size: int = 512,
+    *,
+    amp: bool | None = None,
+) -> float:
+    """Top-1 accuracy of `model` on `dataset`, in [0, 1] (0 for an empty set).
+
+    Args:
+        model: the network (moved to `device` when one is given; its mode is restored).
+        dataset: normalised on the fly from its uint8 images.
+        device: where to run; None keeps the model where it is.
+        batch_size: images per forward pass.
+        amp: bfloat16 autocast on CUDA (default: on for CUDA).
+    """
+    dev = _model_device(model) if device is None else resolve_device(device)
+    if device is not None:
+        move(model, dev)
+    use_amp = dev.type == "cuda" if amp is None else amp
+    if len(dataset) == 0:
+        return 0.0
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    with _mode(model, False), _autocast(dev, use_amp):
+        for x, y, _ in iterate_batches(dataset, batch_size, device=dev):
+            correct += (model(x).argmax(dim=1) == y).sum()
+    return float(correct.item()) / len(dataset)
+
+
+@torch.no_grad()
+def teacher_logits(
+    teacher: nn.Module,
+    dataset: ImageTensors,
+    device: str | torch.device | None = None,
+    batch_size: int = 512,
+) -> torch.Tensor:
+    """The teacher's logits on the un-augmented images, for the KD logit cache.
+
+    Returns:
+        float32 tensor `N x num_classes` on the CPU, row i for image i of `dataset`.
+    """
+    dev = _model_device(teacher) if device is None else resolve_device(device)
+    out: list[torch.Tensor] = []
+    with _mode(teacher, False), _autocast(dev, dev.type == "cuda"):
+        for x, _, _ in iterate_batches(dataset, batch_size, device=dev):
+            out.append(teacher(x).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def _check_finite(total: torch.Tensor, what: str, epoch: int, lr: float) -> None:
+    if not bool(torch.isfinite(total)):
+        raise TrainingFailedError(
+            f"{what} diverged: the loss became non-finite in epoch {epoch + 1} (lr {lr}); "
+            "lower the learning rate"
+        )
+
+
+# ------------------------------------------------------------------------------ distillation
+def distill(
+    student: nn.Module,
+    teacher: nn.Module,
+    splits: DatasetSplits,
+    training: SearchTraining,
+    *,
+    seed: int,
+    device: str | torch.device | None = None,
+    teacher_logits: torch.Tensor | None = None,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+) -> DistillResult:
+    """Search-time knowledge distillation: MSE between student and teacher logits, Adam.
+
+    Args:
+        student: the network to train (moved to `device`; holds the best epoch's weights after).
+        teacher: the frozen teacher (moved to `device`, used in eval mode).
+        splits: the data; trains on `splits.train` (its first `training.max_train_samples`),
+            validates on `splits.val` after every epoch.
+        training: the settings (validated here).
+        seed: seeds the global generators and the data order / augmentation generator.
+        device: where to train (default: CUDA when available).
+        teacher_logits: cached teacher logits `N_train x num_classes` for the un-augmented
+            training images (see `teacher_logits`); only valid when `training.augment` is off.
+        amp / channels_last: default on for CUDA, off on the CPU.
+
+    Raises:
+        BadSpecError: invalid settings, or a logit cache that does not match.
+        TrainingFailedError: the loss became non-finite.
+    """
+    training.validate()
+    dev = resolve_device(device)
+    use_amp, use_cl = _defaults(dev, amp, channels_last)
+    train = splits.train.head(training.max_train_samples)
+    if teacher_logits is not None:
+        if training.augment:
+            raise BadSpecError(
+                "cached teacher logits need augment=False (augmented images change every epoch)"
+            )
+        if teacher_logits.shape[0] < len(train):
+            raise BadSpecError(
+                f"the logit cache holds {teacher_logits.shape[0]} rows for {len(train)} images"
+            )
+    seed_everything(seed)
+    gen = torch.Generator().manual_seed(seed)
+    _prepare(student, dev, use_cl)
+    _prepare(teacher, dev, use_cl)
+    teacher.eval()
+    opt = torch.optim.Adam(student.parameters(), lr=training.lr, weight_decay=training.weight_decay)
+    history: list[float] = []
+    best, best_epoch, images, seconds = -1.0, 0, 0, 0.0
+    best_state: dict[str, torch.Tensor] = {}
+    for epoch in range(training.epochs):
+        student.train()
+        total = torch.zeros((), device=dev)
+        t0 = time.perf_counter()
+        for x, _, idx in iterate_batches(
+            train,
+            training.batch_size,
+            shuffle=True,
+            augment=training.augment,
+            generator=gen,
+            device=dev,
+            channels_last=use_cl,
+        ):
+            if teacher_logits is not None:
+                target = teacher_logits[idx].to(dev, non_blocking=True)
+            else:
+                with torch.no_grad(), _autocast(dev, use_amp):
+                    target = teacher(x).float()
+            with _autocast(dev, use_amp):
+                out = student(x)
+            loss = F.mse_loss(out.float(), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+            images += int(x.shape[0])
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        seconds += time.perf_counter() - t0
+        _check_finite(total, "distillation", epoch, training.lr)
+        acc = evaluate(student, splits.val, amp=use_amp)
+        history.append(acc)
+        if acc > best:
+            best, best_epoch = acc, epoch
+            best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+    if best_state:
+        student.load_state_dict(best_state)
+    return DistillResult(max(best, 0.0), history, best_epoch, images, seconds)
+
+
+# ------------------------------------------------------------------------ supervised training
+def _supervised(
+    model: nn.Module,
+    splits: DatasetSplits,
+    *,
+    epochs: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    batch_size: int,
+    step_every: int,
+    gamma: float,
+    seed: int,
+    dev: torch.device,
+    amp: bool | None,
+    channels_last: bool | None,
+    max_train_samples: int | None,
+    what: str,
+) -> list[float]:
+    """SGD with a step schedule and cross-entropy on the labels, with augmentation."""
+    use_amp, use_cl = _defaults(dev, amp, channels_last)
+    train = splits.train.head(max_train_samples)
+    seed_everything(seed)
+    gen = torch.Generator().manual_seed(seed)
+    _prepare(model, dev, use_cl)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_every, gamma=gamma)
+    history: list[float] = []
+    for epoch in range(epochs):
+        model.train()
+        total = torch.zeros((), device=dev)
+        for x, y, _ in iterate_batches(
+            train,
+            batch_size,
+            shuffle=True,
+            augment=True,
+            generator=gen,
+            device=dev,
+            channels_last=use_cl,
+        ):
+            with _autocast(dev, use_amp):
+                out = model(x)
+            loss = F.cross_entropy(out.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach()
+        _check_finite(total, what, epoch, lr)
+        sched.step()
+        history.append(evaluate(model, splits.val, amp=use_amp))
+    return history
+
+
+def finetune(
+    student: nn.Module,
+    splits: DatasetSplits,
+    training: FullTraining,
+    *,
+    seed: int,
+    device: str | torch.device | None = None,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+) -> FinetuneResult:
+    """The paper's full training of a student (SGD, step schedule, cross-entropy, augmentation).
+
+    Args:
+        student: starts from its current (search) weights; trained in place.
+        splits: trains on `splits.train`, reports `splits.val` (and `splits.test` if present).
+        training: the settings (validated here).
+        seed: seeds the data order and augmentation.
+        device: where to train (default: CUDA when available).
+
+    Raises:
+        BadSpecError: invalid settings.
+        TrainingFailedError: the loss became non-finite.
+    """
+    training.validate()
+    dev = resolve_device(device)
+    history = _supervised(
+        student,
+        splits,
+        epochs=training.epochs,
+        lr=training.lr,
+        momentum=training.momentum,
+        weight_decay=training.weight_decay,
+        batch_size=training.batch_size,
+        step_every=training.step_every,
+        gamma=training.gamma,
+        seed=seed,
+        dev=dev,
+        amp=amp,
+        channels_last=channels_last,
+        max_train_samples=None,
+        what="full training",
+    )
+    acc = history[-1] if history else evaluate(student, splits.val)
+    test = evaluate(student, splits.test) if splits.test is not None else None
+    return FinetuneResult(acc, history, test)
+
+
+def train_teacher(
+    arch: str,
+    num_classes: int,
+    dataset: str,
+    *,
+    root: str | None = None,
+    epochs: int = 400,
+    lr: float = 0.1,
+    batch_size: int = 128,
+    step_every: int = 100,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    max_train_samples: int | None = None,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    download: bool = False,
+    splits: DatasetSplits | None = None,
+    amp: bool | None = None,
+    channels_last: bool | None = None,
+) -> TeacherResult:
+    """Train a zoo teacher with the paper's recipe (SGD, step schedule, CE, augmentation).
+
+    Args:
+        arch: a `workers.zoo` name.
+        num_classes: must match the dataset.
+        dataset: a `load_dataset` spec string (ignored for loading when `splits` is given).
+        root: data directory.
+        epochs / lr / batch_size / step_every / momentum / weight_decay: the schedule (lr is
+            multiplied by 0.1 every `step_every` epochs).
+        seed: seeds the initialisation, data order and augmentation.
+        device: where to train (default: CUDA when available).
+        max_train_samples: train on at most this many training images.
+        download: let torchvision download CIFAR.
+        splits: already loaded data (skips `load_dataset`).
+
+    Returns:
+        The model after the last epoch, its validation accuracy, safetensors weights and metadata.
+
+    Raises:
+        BadSpecError: unknown architecture or dataset, wrong `num_classes`, invalid settings.
+        TrainingFailedError: the loss became non-finite.
+    """
+    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
+        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+            raise BadSpecError(f"{name} must be a finite number >= 0, got {value!r}")
+    if lr == 0:
+        raise BadSpecError("lr must be > 0")
+    ints = (("epochs", epochs), ("batch_size", batch_size), ("step_every", step_every))
+    for name, ivalue in ints:
+        if int(ivalue) < (0 if name == "epochs" else 1):
+            raise BadSpecError(f"{name} must be a positive integer, got {ivalue!r}")
+    dev = resolve_device(device)
+    data = splits if splits is not None else load_dataset(dataset, root, download, seed=0)
+    if data.num_classes != int(num_classes):
+        raise BadSpecError(
+            f"dataset {dataset!r} has {data.num_classes} classes but num_classes={num_classes}"
+        )
+    seed_everything(seed)
+    try:
+        model = zoo.build(arch, int(num_classes))
+    except (zoo.UnknownModelError, ValueError) as exc:
+        raise BadSpecError(str(exc)) from exc
+    t0 = time.perf_counter()
+    history = _supervised(
+        model,
+        data,
+        epochs=int(epochs),
+        lr=float(lr),
+        momentum=float(momentum),
+        weight_decay=float(weight_decay),
+        batch_size=int(batch_size),
+        step_every=int(step_every),
+        gamma=0.1,
+        seed=seed,
+        dev=dev,
+        amp=amp,
+        channels_last=channels_last,
+        max_train_samples=max_train_samples,
+        what="teacher training",
+    )
+    model.eval()
+    acc = history[-1] if history else evaluate(model, data.val)
+    metadata: dict[str, Any] = {
+        "arch": arch,
+        "num_classes": int(num_classes),
+        "dataset": dataset,
+        "accuracy": acc,
+        "epochs": int(epochs),
+        "lr": float(lr),
+        "batch_size": int(batch_size),
+        "step_every": int(step_every),
+        "seed": int(seed),
+        "max_train_samples": max_train_samples,
+        "input_shape": list(data.input_shape),
+        "train_seconds": time.perf_counter() - t0,
+    }
+    return TeacherResult(model, acc, state_to_safetensors(model), metadata, history)

@@ -1,0 +1,364 @@
+"""One trial, in process: teacher + action -> student -> distillation -> metrics and weights.
+
+`run_trial` is what the Ray actor (`workers.actor.TrialWorker`) calls; a `JobState` holds what
+all trials of one job share (the teacher, its compression space, the data, the teacher's FLOPs and
+the teacher-logit cache), so the actor builds it once per job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from embedding.graph import UnsupportedModelError, trace
+from embedding.reward import compression, reward
+from embedding.space import (
+    Action,
+    CompressionSpace,
+    InvalidActionError,
+    StudentNet,
+    TooManyLayersError,
+)
+from workers import zoo
+from workers.data import DatasetSplits, load_dataset
+from workers.export import load_state_safetensors, state_to_safetensors, to_onnx
+from workers.spec import (
+    BadSpecError,
+    FullTraining,
+    TrainingFailedError,
+    TrialResult,
+    TrialSpec,
+    WorkerError,
+    WorkerOutOfMemoryError,
+)
+from workers.train import (
+    count_flops,
+    count_params,
+    distill,
+    finetune,
+    resolve_device,
+    seed_everything,
+    teacher_logits,
+)
+
+__all__ = [
+    "JobContext",
+    "JobState",
+    "finetune_student",
+    "guard",
+    "prepare_job",
+    "run_trial",
+    "worker_name",
+]
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What every trial of one job shares; the coordinator sends it once per job and worker.
+
+    Attributes:
+        job_key: the coordinator's key for the job (the actor caches per key).
+        teacher_arch: a `workers.zoo` name.
+        num_classes: classifier size of the teacher (must match the dataset).
+        teacher_weights: the teacher's state dict as safetensors bytes.
+        teacher_accuracy: the teacher's validation accuracy in (0, 1] (the reward divides by it).
+        dataset: a `workers.data.load_dataset` spec string.
+        data_dir: data directory for the dataset (None: the default).
+        max_layers: the encoding's L_max; 0 means max(128, number of teacher layers).
+        download: let torchvision download CIFAR when it is missing.
+    """
+
+    job_key: str
+    teacher_arch: str
+    num_classes: int
+    teacher_weights: bytes
+    teacher_accuracy: float
+    dataset: str
+    data_dir: str | None = None
+    max_layers: int = 0
+    download: bool = False
+
+    def validate(self) -> None:
+        if not isinstance(self.job_key, str) or not self.job_key:
+            raise BadSpecError("job_key must be a non-empty string")
+        acc = self.teacher_accuracy
+        if not isinstance(acc, int | float) or not math.isfinite(acc) or not 0 < acc <= 1:
+            raise BadSpecError(
+                f"teacher_accuracy must be a fraction in (0, 1], got {acc!r} (a percentage? "
+                "divide by 100)"
+            )
+        if int(self.max_layers) < 0:
+            raise BadSpecError(f"max_layers must be >= 0, got {self.max_layers}")
+
+
+def worker_name() -> str:
+    """`host:pid` of this process."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+@contextlib.contextmanager
+def guard(what: str, *, wrap_all: bool = False) -> Iterator[None]:
+    """Turn out-of-memory into `WorkerOutOfMemoryError` (and, with `wrap_all`, any other
+    non-worker exception into `TrainingFailedError`) so callers always see a typed error."""
+    try:
+        yield
+    except WorkerError:
+        raise
+    except Exception as exc:
+        if _is_oom(exc):
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise WorkerOutOfMemoryError(
+                f"{what} ran out of memory ({type(exc).__name__}); use a smaller batch_size or a "
+                "worker with more memory"
+            ) from exc
+        if not wrap_all:
+            raise
+        raise TrainingFailedError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
+
+
+class JobState:
+    """What the trials of one job share, built once per job and worker.
+
+    Attributes:
+        ctx: the job (without a copy of the teacher bytes kept elsewhere).
+        teacher: the teacher network with its weights, eval mode.
+        space: its compression space (students are materialised from it).
+        splits: the data.
+        teacher_flops: FLOPs of one teacher forward pass on one image.
+        device: where trials run.
+    """
+
+    def __init__(
+        self,
+        ctx: JobContext,
+        teacher: nn.Module,
+        space: CompressionSpace,
+        splits: DatasetSplits,
+        device: torch.device,
+    ) -> None:
+        self.ctx = ctx
+        self.teacher = teacher
+        self.space = space
+        self.splits = splits
+        self.device = device
+        self.teacher_flops = count_flops(teacher, splits.input_shape)
+        self._logits: torch.Tensor | None = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.splits.input_shape
+
+    def logits(self, n: int | None) -> torch.Tensor:
+        """Teacher logits `n x num_classes` of the first `n` un-augmented training images,
+        computed once per job (the prefix grows when a later trial asks for more)."""
+        want = len(self.splits.train) if n is None else min(int(n), len(self.splits.train))
+        if self._logits is None or self._logits.shape[0] < want:
+            self._logits = teacher_logits(
+                self.teacher, self.splits.train.head(want), device=self.device
+            )
+        return self._logits[:want]
+
+    def action(self, data: dict[str, Any] | str) -> Action:
+        """Parse and check an action against this job's teacher.
+
+        Raises:
+            BadSpecError: malformed, or made for another teacher.
+        """
+        try:
+            action = Action.from_json(data)
+            self.space.validate(action)
+        except InvalidActionError as exc:
+            raise BadSpecError(f"the action does not fit this job's teacher: {exc}") from exc
+        return action
+
+    def student(self, action: Action) -> StudentNet:
+        """The student for `action`, weights sliced from the teacher (CPU, training mode)."""
+        try:
+            return self.space.materialize(action)
+        except InvalidActionError as exc:
+            raise BadSpecError(f"the action does not fit this job's teacher: {exc}") from exc
+
+
+def prepare_job(
+    ctx: JobContext,
+    *,
+    device: str | torch.device | None = None,
+    splits: DatasetSplits | None = None,
+) -> JobState:
+    """Build a job's shared state: teacher with weights, compression space, data.
+
+    Args:
+        ctx: the job.
+        device: where its trials run (default: CUDA when available).
+        splits: already loaded data (skips `load_dataset`).
+
+    Raises:
+        BadSpecError: unknown architecture or dataset, weights that do not fit, a teacher the
+            space cannot trace, a class-count mismatch, a bad teacher accuracy.
+    """
+    ctx.validate()
+    dev = resolve_device(device)
+    try:
+        teacher = zoo.build(ctx.teacher_arch, int(ctx.num_classes))
+    except (zoo.UnknownModelError, ValueError) as exc:
+        raise BadSpecError(str(exc)) from exc
+    load_state_safetensors(teacher, ctx.teacher_weights)
+    teacher.eval()
+    data = (
+        splits
+        if splits is not None
+        else load_dataset(ctx.dataset, ctx.data_dir, ctx.download, seed=0)
+    )
+    if data.num_classes != int(ctx.num_classes):
+        raise BadSpecError(
+            f"dataset {ctx.dataset!r} has {data.num_classes} classes but the teacher has "
+            f"{ctx.num_classes}"
+        )
+    try:
+        graph = trace(teacher, data.input_shape)
+        max_layers = int(ctx.max_layers) or max(128, len(graph.layers))
+        space = CompressionSpace(graph, teacher, max_layers)
+    except (UnsupportedModelError, TooManyLayersError) as exc:
+        raise BadSpecError(str(exc)) from exc
+    return JobState(ctx, teacher, space, data, dev)
+
+
+def run_trial(
+    ctx: JobContext,
+    spec: TrialSpec | dict[str, Any],
+    *,
+    device: str | torch.device | None = None,
+    cache: JobState | None = None,
+) -> TrialResult:
+    """Evaluate one candidate: materialise, distil, measure, reward.
+
+    Args:
+        ctx: the job.
+        spec: the trial (a `TrialSpec` or its `to_dict()`).
+        device: where to run when no `cache` is given (default: CUDA when available).
+        cache: the job's prepared state (`prepare_job(ctx)`); built here when None.
+
+    Returns:
+        The result; `accuracy` is the best validation accuracy over the search epochs and the
+        weights are that epoch's.
+
+    Raises:
+        BadSpecError: malformed spec (bad settings, an action from another teacher, ...).
+        WorkerOutOfMemoryError: the student did not fit in memory.
+        TrainingFailedError: the loss became non-finite.
+    """
+    t0 = time.perf_counter()
+    if isinstance(spec, dict):
+        try:
+            spec = TrialSpec.from_dict(spec)
+        except TypeError as exc:
+            raise BadSpecError(f"malformed trial spec: {exc}") from exc
+    spec.validate()
+    state = cache if cache is not None else prepare_job(ctx, device=device)
+    with guard(f"trial {spec.trial_id}"):
+        action = state.action(spec.action)
+        seed_everything(spec.seed)
+        student = state.student(action)
+        params = count_params(student)
+        flops = count_flops(student, state.input_shape)
+        t_build = time.perf_counter() - t0
+        training = spec.training
+        logits = state.logits(training.max_train_samples) if training.cache_teacher_logits else None
+        t1 = time.perf_counter()
+        result = distill(
+            student,
+            state.teacher,
+            state.splits,
+            training,
+            seed=spec.seed,
+            device=state.device,
+            teacher_logits=logits,
+        )
+        t_distill = time.perf_counter() - t1
+        if spec.reward == "params":
+            size, teacher_size = params, state.space.teacher_params
+        else:
+            size, teacher_size = flops, state.teacher_flops
+        weights = state_to_safetensors(student) if spec.return_weights else None
+    total = time.perf_counter() - t0
+    return TrialResult(
+        trial_id=spec.trial_id,
+        accuracy=result.best_accuracy,
+        params=params,
+        flops=flops,
+        compression=compression(size, teacher_size),
+        reward=reward(result.best_accuracy, ctx.teacher_accuracy, size, teacher_size),
+        history=list(result.history),
+        seconds={
+            "build": t_build,
+            "train": result.seconds,
+            "eval": max(0.0, t_distill - result.seconds),
+            "total": total,
+        },
+        weights=weights,
+        worker=worker_name(),
+    )
+
+
+def finetune_student(
+    state: JobState,
+    action: dict[str, Any] | str,
+    weights: bytes | None,
+    training: FullTraining,
+    seed: int,
+) -> dict[str, Any]:
+    """Full training of one student, starting from its search weights.
+
+    Args:
+        state: the job.
+        action: the student's action (`Action.to_dict()` or JSON).
+        weights: the student's search weights (safetensors); None starts from the teacher slice.
+        training: full-training settings.
+        seed: seeds the data order and augmentation.
+
+    Returns:
+        `{"accuracy", "test_accuracy", "history", "weights", "onnx", "params", "flops",
+        "seconds"}` (weights as safetensors bytes, the model as ONNX bytes).
+
+    Raises:
+        BadSpecError, WorkerOutOfMemoryError, TrainingFailedError: as `run_trial`.
+    """
+    t0 = time.perf_counter()
+    training.validate()
+    with guard("full training"):
+        act = state.action(action)
+        seed_everything(seed)
+        student = state.student(act)
+        if weights is not None:
+            load_state_safetensors(student, weights)
+        result = finetune(student, state.splits, training, seed=seed, device=state.device)
+        out: dict[str, Any] = {
+            "accuracy": result.accuracy,
+            "test_accuracy": result.test_accuracy,
+            "history": list(result.history),
+            "weights": state_to_safetensors(student),
+            "onnx": to_onnx(student, state.input_shape),
+            "params": count_params(student),
+            "flops": count_flops(student, state.input_shape),
+        }
+    out["seconds"] = time.perf_counter() - t0
+    return out
