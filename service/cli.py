@@ -227,8 +227,12 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
         search["augment"] = False
     if search:
         body["search"] = search
-    if getattr(args, "full_epochs", None) is not None:
-        body["full_training"] = {"epochs": args.full_epochs}
+    full: dict[str, Any] = {}
+    for opt, key in (("full_epochs", "epochs"), ("full_batch_size", "batch_size")):
+        if getattr(args, opt, None) is not None:
+            full[key] = getattr(args, opt)
+    if full:
+        body["full_training"] = full
     searcher: dict[str, Any] = {}
     for opt, key in (("kernels", "kernels"), ("candidates", "candidates")):
         if getattr(args, opt, None) is not None:
@@ -326,14 +330,18 @@ def watch_job(client: Client, job_id: int, poll: float = 1.0) -> dict[str, Any]:
                 if best and best.get("reward") is not None
                 else "best reward -"
             )
-            if job["status"] == "finalizing" and job["top_k"] > 0:
+            final_phase = job["status"] == "finalizing" or (
+                phase == "final" and job["status"] in TERMINAL_JOB_STATES
+            )
+            extra = f"running {p['running']}  failed {p['failed']}  {best_text}"
+            if final_phase and job["top_k"] > 0:
                 if phase != "final":
+                    bar.update(p["succeeded"] + p["failed"], p["total"], "trials", extra)
                     bar.close()
                     bar = ProgressBar()
                     phase = "final"
                 bar.update(p["finalized"], job["top_k"], "full training", best_text)
             else:
-                extra = f"running {p['running']}  failed {p['failed']}  {best_text}"
                 bar.update(p["succeeded"] + p["failed"], p["total"], "trials", extra)
             if job["status"] in TERMINAL_JOB_STATES:
                 break
@@ -550,7 +558,7 @@ def _demo_run(client: Client, args: argparse.Namespace, url: str) -> None:
             "dataset": "digits",
             "epochs": args.teacher_epochs,
             "lr": 0.05,
-            "batch_size": 64,
+            "batch_size": 32,
             "seed": args.seed,
         },
     )
@@ -633,10 +641,15 @@ def _add_search_options(parser: argparse.ArgumentParser, demo: bool = False) -> 
     g.add_argument(
         "--search-epochs",
         type=_positive_int,
-        default=1 if demo else None,
+        default=2 if demo else None,
         help="distillation epochs per candidate (server default: 10)",
     )
-    g.add_argument("--search-batch-size", type=_positive_int, default=None)
+    g.add_argument(
+        "--search-batch-size",
+        type=_positive_int,
+        default=32 if demo else None,
+        help="distillation batch size (server default: 128)",
+    )
     g.add_argument(
         "--max-train-samples",
         type=_positive_int,
@@ -653,8 +666,14 @@ def _add_search_options(parser: argparse.ArgumentParser, demo: bool = False) -> 
     g.add_argument(
         "--full-epochs",
         type=_positive_int,
-        default=1 if demo else None,
+        default=2 if demo else None,
         help="full-training epochs of the top-k (server default: 300)",
+    )
+    g.add_argument(
+        "--full-batch-size",
+        type=_positive_int,
+        default=32 if demo else None,
+        help="full-training batch size (server default: 128)",
     )
     g.add_argument("--reward", choices=("params", "flops"), default="params")
     g.add_argument("--seed", type=int, default=0)
@@ -847,7 +866,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="server port (default %(default)s; a free one if taken)",
     )
     p.add_argument("--arch", default="resnet20", help="teacher architecture (default %(default)s)")
-    p.add_argument("--teacher-epochs", type=_positive_int, default=4)
+    p.add_argument(
+        "--teacher-epochs",
+        type=_positive_int,
+        default=6,
+        help="teacher training epochs (SGD lr 0.05, batch 32; default %(default)s)",
+    )
     p.add_argument("--workers", type=_positive_int, default=2, help="trials in flight at once")
     p.add_argument("--top", type=_positive_int, default=5, help="rows of the result table")
     p.add_argument(

@@ -15,11 +15,13 @@ from typing import Any, TextIO
 import httpx
 
 __all__ = [
+    "RESULT_HEADERS",
+    "TERMINAL_JOB_STATES",
     "ApiError",
     "Client",
-    "ServerUnreachableError",
     "ProgressBar",
-    "TERMINAL_JOB_STATES",
+    "ServerUnreachableError",
+    "format_count",
     "format_duration",
     "format_table",
     "ranked_trials",
@@ -199,15 +201,21 @@ def format_count(n: int | None) -> str:
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table, numbers right-aligned."""
+    """A plain-text table; columns whose cells are numbers are right-aligned."""
     cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
 
+    def numeric(cell: str) -> bool:
+        return cell[:1].isdigit() or (cell[:1] in "-+." and cell[1:2].isdigit())
+
+    body = cells[1:]
+    right = [
+        any(numeric(r[i]) for r in body) and all(numeric(r[i]) or r[i] == "-" for r in body)
+        for i in range(len(headers))
+    ]
+
     def line(row: list[str]) -> str:
-        out = []
-        for i, cell in enumerate(row):
-            numeric = cell[:1].isdigit() or cell[:1] in "-+." and cell[1:2].isdigit()
-            out.append(cell.rjust(widths[i]) if numeric else cell.ljust(widths[i]))
+        out = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(row, widths, right, strict=True)]
         return "  ".join(out).rstrip()
 
     rule = "  ".join("-" * w for w in widths)

@@ -267,7 +267,7 @@
             <span class="sub">${best ? `trial ${best.number} · ${count(best.params)} params · ${pct(best.accuracy)}` : "no finished trial yet"}</span></div>
           <div class="stat"><span class="label">full training</span>
             <span class="value">${p.finalized} / ${job.top_k}</span>
-            <span class="sub">top ${job.top_k} · ${f.epochs} epochs</span></div>
+            <span class="sub">top ${job.top_k} · ${f.epochs} epoch${f.epochs > 1 ? "s" : ""}</span></div>
           <div class="stat"><span class="label">time</span>
             <span class="value">${duration(((job.finished_at ? ts(job.finished_at) : Date.now()) - ts(job.created_at)) / 1000)}</span>
             <span class="sub">created ${age(job.created_at)}</span></div>
