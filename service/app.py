@@ -11,11 +11,13 @@ from pathlib import Path
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.exc import DBAPIError
 
 from service.api.routes import health, jobs, teachers, trials
 from service.artifacts import ArtifactStore
 from service.db import NotFoundError, Storage
 from service.db.migrate import check
+from service.db.retry import is_transient
 from service.settings import Settings
 
 __all__ = ["create_app"]
@@ -88,6 +90,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(NotFoundError)
     async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+    @app.exception_handler(DBAPIError)
+    async def _database_down(request: Request, exc: DBAPIError) -> JSONResponse:
+        # A database restart is the client's cue to retry, not a server bug: 503 + Retry-After.
+        if not is_transient(exc):
+            raise exc  # a real error: logged with its traceback, answered 500
+        log.warning("%s %s: database unavailable: %s", request.method, request.url.path, exc.orig)
+        return JSONResponse(
+            {"detail": "the database is unavailable (restarting?); retry in a few seconds"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "2"},
+        )
 
     for r in (health.router, teachers.router, jobs.router, trials.router):
         app.include_router(r)

@@ -37,6 +37,7 @@ from service.db import (
     UpdateFinishedJobError,
     UpdateFinishedTrialError,
 )
+from service.db.retry import retry_transient
 from service.pool import Slot, WorkerPool
 from service.settings import Settings
 from workers.spec import FullTraining, SearchTraining, TrialSpec, WorkerError
@@ -129,8 +130,15 @@ class Scheduler:
         self._wake = asyncio.Event()
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a storage call in a thread (the event loop never waits on the database)."""
-        return await asyncio.to_thread(fn, *args, **kwargs)
+        """Run a storage call in a thread (the event loop never waits on the database).
+
+        A transient database error (a restart, a lost connection) is retried with backoff
+        until the database is back (`service.db.retry`): results are held meanwhile, not lost.
+        """
+        return await retry_transient(
+            lambda: asyncio.to_thread(fn, *args, **kwargs),
+            what=getattr(fn, "__qualname__", repr(fn)),
+        )
 
     def notify(self) -> None:
         """Look for new work now (called after a job is submitted)."""
