@@ -283,6 +283,7 @@ class ProgressBar:
         self._last = ""
         self._open = False
         self._start = time.monotonic()
+        self._last_note = -math.inf
 
     def update(self, done: int, total: int, label: str, extra: str = "") -> None:
         frac = 0.0 if total <= 0 else min(1.0, done / total)
@@ -302,10 +303,17 @@ class ProgressBar:
             self.stream.write(f"{body}  ({format_duration(time.monotonic() - self._start)})\n")
             self.stream.flush()
 
-    def note(self, text: str) -> None:
-        """Indeterminate progress: rewrite the line on a terminal, print nothing elsewhere."""
+    def note(self, text: str, every: float = 15.0) -> None:
+        """Indeterminate progress: rewrite the line on a terminal; elsewhere (CI logs) print it
+        at most once every `every` seconds."""
         if self.tty:
             self._write_tty(text)
+            return
+        now = time.monotonic()
+        if now - self._last_note >= every:
+            self._last_note = now
+            self.stream.write(f"{text}  ({format_duration(now - self._start)})\n")
+            self.stream.flush()
 
     def _write_tty(self, body: str) -> None:
         elapsed = format_duration(time.monotonic() - self._start)
