@@ -241,12 +241,17 @@ def test_volumes_are_declared_used_and_hold_the_configured_dirs(
                 assert source in declared, f"{name}: volume {source} is not declared"
                 used.add(source)
             mounts[target] = source
-        for key in ("ESNAC_ARTIFACT_DIR", "ESNAC_DATA_DIR"):
-            path = _env(service).get(key)
-            if path is not None and name in ("coordinator", "ray-worker"):
-                assert any(path == t or path.startswith(t + "/") for t in mounts), (
-                    f"{name}: {key}={path} is not on a volume; it would be lost on restart"
-                )
+        coordinator = _env(services["coordinator"])
+        wanted = {
+            "coordinator": ("ESNAC_ARTIFACT_DIR", "ESNAC_DATA_DIR"),
+            # the coordinator sends its data dir to the workers, which load datasets from it
+            "ray-worker": ("ESNAC_DATA_DIR",),
+        }.get(name, ())
+        for key in wanted:
+            path = coordinator[key]
+            assert any(path == t or path.startswith(t + "/") for t in mounts), (
+                f"{name}: {key}={path} is not on a volume"
+            )
     assert used == declared, f"declared but unused volumes: {declared - used}"
     assert any(
         str(v).endswith(":/var/lib/postgresql/data") for v in services["postgres"]["volumes"]
