@@ -346,8 +346,14 @@ def _supervised(
     channels_last: bool | None,
     max_train_samples: int | None,
     what: str,
+    time_budget_s: float | None = None,
 ) -> list[float]:
-    """SGD with a step schedule and cross-entropy on the labels, with augmentation."""
+    """SGD with a step schedule and cross-entropy on the labels, with augmentation.
+
+    With `time_budget_s`, the schedule follows the clock instead of the epoch count: the lr is
+    multiplied by `gamma` at the first epoch boundary after 3/4 of the budget, and training
+    stops before an epoch that would end past the budget (judged by the slowest epoch so far).
+    """
     use_amp, use_cl = _defaults(dev, amp, channels_last)
     train = splits.train.head(max_train_samples)
     seed_everything(seed)
@@ -356,7 +362,17 @@ def _supervised(
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_every, gamma=gamma)
     history: list[float] = []
+    start, slowest, decayed = time.perf_counter(), 0.0, False
     for epoch in range(epochs):
+        if time_budget_s is not None:
+            elapsed = time.perf_counter() - start
+            if epoch > 0 and elapsed + slowest > time_budget_s:
+                break
+            if not decayed and elapsed >= 0.75 * time_budget_s:
+                decayed = True
+                for group in opt.param_groups:
+                    group["lr"] *= gamma
+        t_epoch = time.perf_counter()
         model.train()
         total = torch.zeros((), device=dev)
         for x, y, _ in iterate_batches(
@@ -376,8 +392,10 @@ def _supervised(
             opt.step()
             total += loss.detach()
         _check_finite(total, what, epoch, lr)
-        sched.step()
+        if time_budget_s is None:
+            sched.step()
         history.append(evaluate(model, splits.val, amp=use_amp))
+        slowest = max(slowest, time.perf_counter() - t_epoch)
     return history
 
 
@@ -447,6 +465,7 @@ def train_teacher(
     splits: DatasetSplits | None = None,
     amp: bool | None = None,
     channels_last: bool | None = None,
+    time_budget_s: float | None = None,
 ) -> TeacherResult:
     """Train a zoo teacher with the paper's recipe (SGD, step schedule, CE, augmentation).
 
@@ -462,6 +481,9 @@ def train_teacher(
         max_train_samples: train on at most this many training images.
         download: let torchvision download CIFAR.
         splits: already loaded data (skips `load_dataset`).
+        time_budget_s: train for at most this long (wall clock, validation included), `epochs`
+            being the maximum: the lr drops x0.1 once 3/4 of the budget has passed (instead of
+            every `step_every` epochs) and no epoch starts that would end past the budget.
 
     Returns:
         The model after the last epoch, its validation accuracy, safetensors weights and metadata.
@@ -475,6 +497,12 @@ def train_teacher(
             raise BadSpecError(f"{name} must be a finite number >= 0, got {value!r}")
     if lr == 0:
         raise BadSpecError("lr must be > 0")
+    if time_budget_s is not None and not (
+        isinstance(time_budget_s, int | float)
+        and math.isfinite(time_budget_s)
+        and time_budget_s > 0
+    ):
+        raise BadSpecError(f"time_budget_s must be a positive number, got {time_budget_s!r}")
     ints = (("epochs", epochs), ("batch_size", batch_size), ("step_every", step_every))
     for name, ivalue in ints:
         if int(ivalue) < (0 if name == "epochs" else 1):
@@ -507,6 +535,7 @@ def train_teacher(
         channels_last=channels_last,
         max_train_samples=max_train_samples,
         what="teacher training",
+        time_budget_s=time_budget_s,
     )
     model.eval()
     acc = history[-1] if history else evaluate(model, data.val)
@@ -521,6 +550,8 @@ def train_teacher(
         "step_every": int(step_every),
         "seed": int(seed),
         "max_train_samples": max_train_samples,
+        "epochs_run": len(history),
+        "time_budget_s": time_budget_s,
         "input_shape": list(data.input_shape),
         "train_seconds": time.perf_counter() - t0,
     }

@@ -128,6 +128,16 @@ def test_finetune_trains_with_labels_and_reports_each_epoch(digits: DatasetSplit
     assert not torch.equal(before, student.state_dict()["layers.0.weight"])
 
 
+def test_teacher_time_budget_bounds_the_training(digits: DatasetSplits) -> None:
+    small = DatasetSplits(digits.train.head(32), digits.val.head(32), None, 10, (3, 32, 32), "d")
+    res = train_teacher(
+        "resnet20", 10, "d", splits=small, epochs=1000, batch_size=32, time_budget_s=1.0
+    )
+    assert 1 <= len(res.history) < 1000 and res.metadata["epochs_run"] == len(res.history)
+    with pytest.raises(BadSpecError, match="time_budget_s"):
+        train_teacher("resnet20", 10, "d", splits=small, time_budget_s=float("inf"))
+
+
 @pytest.mark.slow
 def test_digits_teacher_and_half_width_student_reach_the_targets(digits: DatasetSplits) -> None:
     """Done-when: resnet20 >= 90% on digits, a half-width student >= 85% after KD, each fast."""
