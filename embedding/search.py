@@ -12,10 +12,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from botorch.acquisition import LogExpectedImprovement
 
+from embedding.encoder import DEFAULT_TRANSFORM, EncoderError, EncoderStack
+from embedding.kernel import to_unit_cube
+from embedding.model import FitReport, FitSettings, build_gp, fit_stack
 from embedding.space import Action, CompressionSpace
 
-__all__ = ["RandomSearcher", "Searcher", "SearcherError"]
+__all__ = ["EsnacSearcher", "RandomSearcher", "Searcher", "SearcherError"]
 
 
 class SearcherError(ValueError):
@@ -136,6 +141,227 @@ class RandomSearcher(Searcher):
         return self._sample_unique(n, exclude)
 
 
+class EsnacSearcher(Searcher):
+    """The paper's searcher: Bayesian optimisation on a learned LSTM embedding (DESIGN.md §3).
+
+    Each `suggest` builds `kernels` GPs, each with a freshly initialised LSTM (or `encoder_init`)
+    fitted on a random subset of the observations (each kept with probability `subset`); each
+    kernel proposes the argmax of BoTorch's (log) Expected Improvement over its own pool of
+    `candidates` random actions. All kernels are fitted together and all pools embedded in
+    batched passes of one `EncoderStack`. Pending candidates are never proposed again and enter
+    every GP by the kriging believer (see `build_gp`). With fewer than two observations it
+    proposes random actions.
+
+    Args:
+        space: the teacher's compression space.
+        kernels: GPs per step (8); `suggest(n)` with n < kernels fits only n of them, with
+            n > kernels each kernel proposes its next-best candidates too.
+        subset: probability gamma of keeping each observation in a kernel's subset (0.5).
+        candidates: random actions scored per kernel (1000).
+        seed: seed of all randomness (subsets, candidate pools, LSTM initialisation).
+        encoder_init: weights of one `ArchitectureEncoder` (`encoder_state()` of an earlier
+            search) to start every kernel from -- with `train_encoder=False` this is the
+            paper's transfer of a learned embedding to a new teacher.
+        train_encoder: fit the LSTM on the observations (True) or keep it fixed.
+        device: torch device for the LSTM (default CPU).
+        fit: optimiser, stopping rule, objective, alpha, beta (`FitSettings()`: the paper's).
+        hidden_size, num_layers, input_transform: the encoder's shape and input transform.
+        chunk: candidates per kernel embedded at once (bounds memory; not a tuning knob).
+    """
+
+    kind = "esnac"
+
+    def __init__(
+        self,
+        space: CompressionSpace,
+        *,
+        kernels: int = 8,
+        subset: float = 0.5,
+        candidates: int = 1000,
+        seed: int = 0,
+        encoder_init: dict[str, torch.Tensor] | None = None,
+        train_encoder: bool = True,
+        device: str | torch.device | None = None,
+        fit: FitSettings | None = None,
+        hidden_size: int = 64,
+        num_layers: int = 4,
+        input_transform: str = DEFAULT_TRANSFORM,
+        chunk: int = 125,
+    ) -> None:
+        super().__init__(space, seed=seed)
+        if kernels < 1 or candidates < 1 or chunk < 1:
+            raise SearcherError("kernels, candidates and chunk must be positive")
+        if not 0.0 < subset <= 1.0:
+            raise SearcherError(f"subset must lie in (0, 1], got {subset}")
+        self.kernels = int(kernels)
+        self.subset = float(subset)
+        self.candidates = int(candidates)
+        self.train_encoder = bool(train_encoder)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.fit_settings = fit or FitSettings()
+        self.encoder_config: dict[str, Any] = {
+            "input_size": space.row_size,
+            "hidden_size": int(hidden_size),
+            "num_layers": int(num_layers),
+            "input_transform": input_transform,
+        }
+        self.chunk = int(chunk)
+        self.encoder_init = _clone_weights(encoder_init) if encoder_init is not None else None
+        if self.encoder_init is not None:
+            # fail now, not at the first suggest, on weights of another shape
+            try:
+                EncoderStack(1, **self.encoder_config).load_encoder_state(self.encoder_init)
+            except EncoderError as exc:
+                raise SearcherError(f"encoder_init does not fit this space: {exc}") from exc
+        self.last_fit: FitReport | None = None
+        self._learned: dict[str, torch.Tensor] | None = None
+
+    # ------------------------------------------------------------------ learned embedding
+    def encoder_state(self) -> dict[str, torch.Tensor] | None:
+        """Weights (`ArchitectureEncoder` state-dict format) of the best-fitting kernel's LSTM of
+        the last step, else `encoder_init`, else None. Store them (e.g. as safetensors) and pass
+        them as `encoder_init` to reuse the embedding in another search."""
+        src = self._learned if self._learned is not None else self.encoder_init
+        return _clone_weights(src) if src is not None else None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["esnac"] = {
+            "kernels": self.kernels,
+            "subset": self.subset,
+            "candidates": self.candidates,
+            "train_encoder": self.train_encoder,
+            "fit": self.fit_settings.to_dict(),
+            "encoder_config": dict(self.encoder_config),
+            "chunk": self.chunk,
+        }
+        state["encoder_init"] = self.encoder_init and _clone_weights(self.encoder_init)
+        state["learned_encoder"] = self._learned and _clone_weights(self._learned)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        cfg = state.get("esnac")
+        if not isinstance(cfg, dict):
+            raise SearcherError("state lacks the 'esnac' settings; pass EsnacSearcher.state_dict()")
+        if cfg["encoder_config"]["input_size"] != self.space.row_size:
+            raise SearcherError("state was saved for a space with another max_layers")
+        self.kernels = int(cfg["kernels"])
+        self.subset = float(cfg["subset"])
+        self.candidates = int(cfg["candidates"])
+        self.train_encoder = bool(cfg["train_encoder"])
+        self.fit_settings = FitSettings(**cfg["fit"])
+        self.encoder_config = dict(cfg["encoder_config"])
+        self.chunk = int(cfg["chunk"])
+        init, learned = state.get("encoder_init"), state.get("learned_encoder")
+        self.encoder_init = _clone_weights(init) if init else None
+        self._learned = _clone_weights(learned) if learned else None
+
+    # ------------------------------------------------------------------ proposing
+    def _propose(self, n: int, exclude: set[str]) -> list[Action]:
+        if len(self.actions) < 2:
+            return self._sample_unique(n, exclude)
+        m = min(n, self.kernels)
+        n_obs = len(self.actions)
+        subsets = []
+        for _ in range(m):
+            keep = np.flatnonzero(self.rng.random(n_obs) < self.subset)
+            if len(keep) < 2:
+                keep = np.sort(self.rng.choice(n_obs, size=2, replace=False))
+            subsets.append(keep)
+        init_seed = int(self.rng.integers(2**62))
+        pools = [self._sample_unique(self.candidates, exclude) for _ in range(m)]
+
+        dev = self.device
+        stack = EncoderStack(
+            m, **self.encoder_config, generator=torch.Generator().manual_seed(init_seed)
+        )
+        if self.encoder_init is not None:
+            stack.load_encoder_state(self.encoder_init)
+        stack.to(dev)
+        rows = self.space.encode(self.actions).to(dev)  # n_obs x T x D
+        width = max(len(s) for s in subsets)
+        index = torch.zeros(m, width, dtype=torch.long)
+        mask = torch.zeros(m, width, dtype=torch.bool)
+        for j, keep in enumerate(subsets):
+            index[j, : len(keep)] = torch.from_numpy(keep)
+            mask[j, : len(keep)] = True
+        rewards = torch.tensor(self.rewards, dtype=torch.float64)
+        y = rewards[index]
+        x = rows[index.to(dev)]
+        report = fit_stack(stack, x, y, mask.to(dev), self.fit_settings, self.train_encoder)
+        self.last_fit = report
+        self._learned = stack.encoder_state(int(np.argmax(report.objective)))
+
+        ranked = self._rank_candidates(stack, x, y, mask, pools, report)
+        out: list[Action] = []
+        taken = set(exclude)
+        cursors = [0] * m
+        while len(out) < n:
+            j = len(out) % m
+            order, pool = ranked[j], pools[j]
+            while cursors[j] < len(order) and pool[order[cursors[j]]].key in taken:
+                cursors[j] += 1
+            if cursors[j] >= len(order):
+                out.extend(self._sample_unique(n - len(out), taken))
+                break
+            pick = pool[order[cursors[j]]]
+            taken.add(pick.key)
+            out.append(pick)
+        return out
+
+    @torch.no_grad()
+    def _rank_candidates(
+        self,
+        stack: EncoderStack,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        pools: list[list[Action]],
+        report: FitReport,
+    ) -> list[list[int]]:
+        """Each kernel's pool indices by decreasing expected improvement."""
+        m = stack.k
+        dev = self.device
+        u_obs = to_unit_cube(stack(x, chunk=self.chunk)).to(torch.float64).cpu()
+        pending = list(self.pending.values())
+        u_pend = None
+        if pending:
+            rows = self.space.encode(pending).to(dev)
+            u_pend = (
+                to_unit_cube(stack(rows.unsqueeze(0).expand(m, *rows.shape), chunk=self.chunk))
+                .to(torch.float64)
+                .cpu()
+            )
+        size = len(pools[0])
+        u_cand = torch.empty(m, size, u_obs.shape[-1], dtype=torch.float64)
+        for start in range(0, size, self.chunk):
+            stop = min(size, start + self.chunk)
+            batch = [a for pool in pools for a in pool[start:stop]]
+            rows = self.space.encode(batch).to(dev).view(m, stop - start, *x.shape[2:])
+            u_cand[:, start:stop] = to_unit_cube(stack(rows)).to(torch.float64).cpu()
+        ranked = []
+        for j in range(m):
+            valid = mask[j]
+            model, best_f = build_gp(
+                u_obs[j][valid],
+                y[j][valid],
+                alpha=report.alpha[j],
+                noise=report.noise[j],
+                pending=None if u_pend is None else u_pend[j],
+            )
+            acq = LogExpectedImprovement(model, best_f=best_f)
+            scores = acq(u_cand[j].unsqueeze(-2))
+            # stable sort: ties keep pool order, so proposals are reproducible
+            ranked.append(torch.argsort(scores, descending=True, stable=True).tolist())
+        return ranked
+
+
+def _clone_weights(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {str(k): torch.as_tensor(v).detach().cpu().clone() for k, v in weights.items()}
+
+
 def _rng_to_json(rng: np.random.Generator) -> dict[str, Any]:
     state = rng.bit_generator.state
     return {
@@ -152,7 +378,7 @@ def _rng_from_json(data: dict[str, Any]) -> np.random.Generator:
     bg = np.random.PCG64()
     bg.state = {
         "bit_generator": "PCG64",
-        "state": {k: int(v) for k, v in data["state"].items()},
+        "state": {k: int(v) for k, v in data["state"].items()},  # type: ignore[typeddict-item]
         "has_uint32": data["has_uint32"],
         "uinteger": data["uinteger"],
     }
