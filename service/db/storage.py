@@ -60,6 +60,15 @@ class BadCursorError(StorageError):
     """The pagination cursor was not produced by this API."""
 
 
+#: Ids are INTEGER columns (32-bit on Postgres): a larger number names no row, and must not reach
+#: the database (SQLite raises OverflowError, Postgres "integer out of range" -> a 500).
+MAX_ID = 2**31 - 1
+
+
+def _no_such(kind: str, row_id: int) -> NotFoundError | None:
+    return None if 0 < row_id <= MAX_ID else NotFoundError(f"{kind} {row_id} not found")
+
+
 def utcnow() -> datetime:
     """Naive UTC now (stored as `timestamp without time zone` everywhere)."""
     return datetime.now(timezone.utc).replace(tzinfo=None)  # noqa: UP017 (py3.10 target)
@@ -103,6 +112,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, tid = json.loads(raw)
+        if not 0 <= int(tid) <= MAX_ID:
+            raise ValueError(f"trial id {tid} out of range")
         return datetime.fromisoformat(stamp), int(tid)
     except (binascii.Error, ValueError, TypeError) as e:
         raise BadCursorError(
@@ -201,6 +212,8 @@ class Repository:
         return _artifact(m)
 
     def get_artifact(self, artifact_id: int) -> Artifact:
+        if err := _no_such("artifact", artifact_id):
+            raise err
         m = self._s.get(ArtifactModel, artifact_id)
         if m is None:
             raise NotFoundError(f"artifact {artifact_id} not found")
@@ -232,6 +245,8 @@ class Repository:
         return _teacher(m)
 
     def get_teacher(self, teacher_id: int) -> Teacher:
+        if err := _no_such("teacher", teacher_id):
+            raise err
         m = self._s.get(TeacherModel, teacher_id)
         if m is None:
             raise NotFoundError(f"teacher {teacher_id} not found")
@@ -273,6 +288,8 @@ class Repository:
         return _job(m)
 
     def get_job(self, job_id: int) -> Job:
+        if err := _no_such("job", job_id):
+            raise err
         m = self._s.get(JobModel, job_id)
         if m is None:
             raise NotFoundError(f"job {job_id} not found")
@@ -286,7 +303,7 @@ class Repository:
         if status is not None:
             q = q.where(JobModel.status == status)
         if before_id is not None:
-            q = q.where(JobModel.id < before_id)
+            q = q.where(JobModel.id < min(before_id, MAX_ID + 1))
         return [_job(m) for m in self._s.scalars(q)]
 
     def active_jobs(self) -> list[Job]:
@@ -378,6 +395,8 @@ class Repository:
         return [_trial(m) for m in models]
 
     def get_trial(self, trial_id: int) -> Trial:
+        if err := _no_such("trial", trial_id):
+            raise err
         m = self._s.get(TrialModel, trial_id)
         if m is None:
             raise NotFoundError(f"trial {trial_id} not found")
