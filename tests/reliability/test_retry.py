@@ -1,0 +1,86 @@
+"""`service.db.retry` against real database errors (no fakes): what counts as transient, and
+retrying until the database answers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import DBAPIError
+
+from service.db.retry import DatabaseUnavailableError, is_transient, retry_transient
+
+NOWHERE = "postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=2"  # nothing listens
+
+
+def _error(url: str, sql: str) -> DBAPIError:
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(sql))
+    except DBAPIError as e:
+        return e
+    finally:
+        engine.dispose()
+    raise AssertionError(f"{sql} did not fail")
+
+
+def test_connection_failures_are_transient_and_bad_statements_are_not(tmp_path: Path) -> None:
+    assert is_transient(_error(NOWHERE, "SELECT 1"))
+    sqlite = f"sqlite:///{tmp_path / 'x.db'}"
+    assert not is_transient(_error(sqlite, "SELECT * FROM no_such_table"))
+    assert not is_transient(_error(sqlite, "SELEC 1"))
+    assert not is_transient(ValueError("database is locked"))  # not a database error at all
+
+
+def test_sqlite_lock_timeout_is_transient(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'locked.db'}"
+    holder = create_engine(url)
+    waiter = create_engine(url, connect_args={"timeout": 0.1})
+    with holder.connect() as conn:
+        conn.execute(text("CREATE TABLE t (x INTEGER)"))
+        conn.commit()
+        conn.exec_driver_sql("BEGIN EXCLUSIVE")
+        with pytest.raises(DBAPIError) as info, waiter.connect() as other:
+            other.execute(text("SELECT * FROM t"))
+        conn.rollback()
+    assert is_transient(info.value)
+    holder.dispose()
+    waiter.dispose()
+
+
+def test_retry_waits_for_the_database_and_gives_up_after_the_window(tmp_path: Path) -> None:
+    good = create_engine(f"sqlite:///{tmp_path / 'ok.db'}")
+    bad = create_engine(NOWHERE)
+    calls: list[str] = []
+
+    def query() -> int:  # unreachable for the first two tries, then back
+        engine = bad if len(calls) < 2 else good
+        calls.append(str(engine.url))
+        with engine.connect() as conn:
+            return int(conn.execute(text("SELECT 7")).scalar_one())
+
+    out = asyncio.run(retry_transient(lambda: asyncio.to_thread(query), base_delay=0.01))
+    assert out == 7 and len(calls) == 3
+
+    t = time.monotonic()
+    with pytest.raises(DatabaseUnavailableError, match="unreachable") as info:
+        asyncio.run(
+            retry_transient(lambda: asyncio.to_thread(bad.connect), timeout=0.5, base_delay=0.05)
+        )
+    assert 0.4 < time.monotonic() - t < 10
+    assert isinstance(info.value.__cause__, DBAPIError)
+
+    def broken() -> None:
+        with good.connect() as conn:
+            conn.execute(text("SELECT * FROM missing"))
+
+    n = len(calls)
+    with pytest.raises(DBAPIError):  # not transient: raised at once, unchanged
+        asyncio.run(retry_transient(lambda: asyncio.to_thread(broken), timeout=30))
+    assert len(calls) == n
+    good.dispose()
+    bad.dispose()
