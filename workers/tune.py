@@ -51,6 +51,9 @@ class TuneSearcher(RayTuneSearcher):
         mode: "max" or "min" (for "min" the searcher observes the negated metric).
         batch: how many proposals to ask the searcher for at once.
         seed: base of the per-trial seeds (`seed + trial number`).
+
+    Attributes:
+        wrapped: the ESNAC searcher (not named `searcher`: Tune unwraps that attribute chain).
     """
 
     def __init__(
@@ -67,7 +70,7 @@ class TuneSearcher(RayTuneSearcher):
         if int(batch) < 1:
             raise BadSpecError(f"batch must be >= 1, got {batch}")
         super().__init__(metric=metric, mode=mode)
-        self.searcher = searcher
+        self.wrapped = searcher
         self.batch = int(batch)
         self.seed = int(seed)
         self._queue: deque[Action] = deque()
@@ -87,7 +90,7 @@ class TuneSearcher(RayTuneSearcher):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         """The next candidate as a Tune config: `{"action": Action.to_dict(), "seed": int}`."""
         if not self._queue:
-            self._queue.extend(self.searcher.suggest(self.batch))
+            self._queue.extend(self.wrapped.suggest(self.batch))
         action = self._queue.popleft()
         self._live[trial_id] = action
         seed = self.seed + self._count
@@ -103,16 +106,16 @@ class TuneSearcher(RayTuneSearcher):
             return
         metric = self._metric or "reward"
         if error or not result or result.get(metric) is None:
-            self.searcher.forget_pending([action])
+            self.wrapped.forget_pending([action])
             return
         value = float(result[metric])
-        self.searcher.observe([action], [value if self._mode != "min" else -value])
+        self.wrapped.observe([action], [value if self._mode != "min" else -value])
 
-    def save(self, checkpoint_path: str) -> None:
-        """Write the searcher state as JSON (tensors as base64 safetensors), never pickle."""
+    def get_state(self) -> dict[str, Any]:
+        """JSON-able state (tensors of the searcher as base64 safetensors), never pickle."""
         tensors: dict[str, torch.Tensor] = {}
-        state = {
-            "searcher": _encode(self.searcher.state_dict(), tensors, "s"),
+        return {
+            "searcher": _encode(self.wrapped.state_dict(), tensors, "s"),
             "queue": [a.to_dict() for a in self._queue],
             "live": {k: a.to_dict() for k, a in self._live.items()},
             "count": self._count,
@@ -122,18 +125,24 @@ class TuneSearcher(RayTuneSearcher):
             "mode": self._mode,
             "tensors": base64.b64encode(st_save(tensors)).decode() if tensors else "",
         }
-        Path(checkpoint_path).write_text(json.dumps(state))
 
-    def restore(self, checkpoint_path: str) -> None:
-        """Load the state written by `save` (into a searcher of the same kind and teacher)."""
-        state = json.loads(Path(checkpoint_path).read_text())
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore `get_state()` output (into a searcher of the same kind and teacher)."""
         tensors = st_load(base64.b64decode(state["tensors"])) if state["tensors"] else {}
-        self.searcher.load_state_dict(_decode(state["searcher"], tensors))
+        self.wrapped.load_state_dict(_decode(state["searcher"], tensors))
         self._queue = deque(Action.from_json(a) for a in state["queue"])
         self._live = {k: Action.from_json(a) for k, a in state["live"].items()}
         self._count = int(state["count"])
         self.seed, self.batch = int(state["seed"]), int(state["batch"])
         self._metric, self._mode = state["metric"], state["mode"]
+
+    def save(self, checkpoint_path: str) -> None:
+        """Write `get_state()` as JSON."""
+        Path(checkpoint_path).write_text(json.dumps(self.get_state()))
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Load the state written by `save`."""
+        self.set_state(json.loads(Path(checkpoint_path).read_text()))
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:

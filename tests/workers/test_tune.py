@@ -27,22 +27,22 @@ def test_searcher_adapter_observes_forgets_and_round_trips(
     assert [c["seed"] for c in configs] == [10, 11, 12]  # type: ignore[index]
     actions = [Action.from_json(c["action"]) for c in configs]  # type: ignore[index]
     assert len({a.key for a in actions}) == 3
-    assert len(ts.searcher.pending) == 4  # two batches of two proposals
+    assert len(ts.wrapped.pending) == 4  # two batches of two proposals
     ts.on_trial_complete("t0", {"reward": 0.7})
     ts.on_trial_complete("t1", None, error=True)
-    assert ts.searcher.rewards == [0.7] and ts.searcher.actions[0].key == actions[0].key
-    assert actions[1].key not in ts.searcher.pending
+    assert ts.wrapped.rewards == [0.7] and ts.wrapped.actions[0].key == actions[0].key
+    assert actions[1].key not in ts.wrapped.pending
     ts.save(str(tmp_path / "state.json"))
     other = TuneSearcher(RandomSearcher(space, seed=99))
     other.restore(str(tmp_path / "state.json"))
-    assert other.searcher.rewards == [0.7] and set(other.searcher.pending) == set(
-        ts.searcher.pending
+    assert other.wrapped.rewards == [0.7] and set(other.wrapped.pending) == set(
+        ts.wrapped.pending
     )
     assert other.suggest("t3") == ts.suggest("t3")
     mins = TuneSearcher(RandomSearcher(space), mode="min")
     mins.suggest("a")
     mins.on_trial_complete("a", {"reward": 0.25})
-    assert mins.searcher.rewards == [-0.25]
+    assert mins.wrapped.rewards == [-0.25]
     with pytest.raises(BadSpecError, match="mode"):
         TuneSearcher(RandomSearcher(space), mode="best")
 
