@@ -32,53 +32,59 @@ def test_two_actors_match_the_in_process_runs(
     workers = [
         RemoteTrialWorker.options(num_cpus=1).remote(device="cpu", threads=1) for _ in range(2)
     ]
-    ctx_dict = {k: v for k, v in dataclasses.asdict(ctx).items() if k != "teacher_weights"}
-    ref = ray.put(teacher_bytes)
-    names = ray.get([w.prepare.remote(ctx_dict, ref) for w in workers])
-    assert len(set(names)) == 2
-    # prepare is idempotent; the cached job is reused.
-    assert ray.get(workers[0].prepare.remote(ctx_dict, ref)) == names[0]
-    futures = [workers[i % 2].evaluate.remote("job-a", s.to_dict()) for i, s in enumerate(specs)]
-    remote = ray.get(futures)
-    assert {r["worker"] for r in remote} == set(names)
-    for spec, got in zip(specs, remote, strict=True):
-        local = run_trial(ctx, spec, cache=state)
-        assert got["trial_id"] == spec.trial_id
-        assert abs(got["accuracy"] - local.accuracy) <= 1e-6
-        assert got["history"] == pytest.approx(local.history, abs=1e-6)
-        assert (got["params"], got["flops"]) == (local.params, local.flops)
-        assert got["reward"] == pytest.approx(local.reward, abs=1e-6)
-        assert isinstance(got["weights"], bytes)
-        student = state.student(Action.from_json(spec.action))
-        load_state_safetensors(student, got["weights"])
+    try:
+        ctx_dict = {k: v for k, v in dataclasses.asdict(ctx).items() if k != "teacher_weights"}
+        ref = ray.put(teacher_bytes)
+        names = ray.get([w.prepare.remote(ctx_dict, ref) for w in workers])
+        assert len(set(names)) == 2
+        # prepare is idempotent; the cached job is reused.
+        assert ray.get(workers[0].prepare.remote(ctx_dict, ref)) == names[0]
+        futures = [
+            workers[i % 2].evaluate.remote("job-a", s.to_dict()) for i, s in enumerate(specs)
+        ]
+        remote = ray.get(futures)
+        assert {r["worker"] for r in remote} == set(names)
+        for spec, got in zip(specs, remote, strict=True):
+            local = run_trial(ctx, spec, cache=state)
+            assert got["trial_id"] == spec.trial_id
+            assert abs(got["accuracy"] - local.accuracy) <= 1e-6
+            assert got["history"] == pytest.approx(local.history, abs=1e-6)
+            assert (got["params"], got["flops"]) == (local.params, local.flops)
+            assert got["reward"] == pytest.approx(local.reward, abs=1e-6)
+            assert isinstance(got["weights"], bytes)
+            student = state.student(Action.from_json(spec.action))
+            load_state_safetensors(student, got["weights"])
 
-    # Typed errors cross Ray as the original classes, and the actor survives them.
-    with pytest.raises(BadSpecError, match="call prepare first"):
-        ray.get(workers[0].evaluate.remote("job-unknown", specs[0].to_dict()))
-    nan = dataclasses.replace(specs[0], training=SearchTraining(lr=float("nan")))
-    with pytest.raises(WorkerError) as err:
-        ray.get(workers[1].evaluate.remote("job-a", nan.to_dict()))
-    assert err.value.code == "bad_spec" and "lr must be a finite number" in err.value.message
-    with pytest.raises(BadSpecError, match="unknown dataset"):
-        ray.get(workers[1].prepare.remote({**ctx_dict, "job_key": "b", "dataset": "x"}, ref))
-    assert ray.get(workers[1].name.remote()) == names[1]
+        # Typed errors cross Ray as the original classes, and the actor survives them.
+        with pytest.raises(BadSpecError, match="call prepare first"):
+            ray.get(workers[0].evaluate.remote("job-unknown", specs[0].to_dict()))
+        nan = dataclasses.replace(specs[0], training=SearchTraining(lr=float("nan")))
+        with pytest.raises(WorkerError) as err:
+            ray.get(workers[1].evaluate.remote("job-a", nan.to_dict()))
+        assert err.value.code == "bad_spec" and "lr must be a finite number" in err.value.message
+        with pytest.raises(BadSpecError, match="unknown dataset"):
+            ray.get(workers[1].prepare.remote({**ctx_dict, "job_key": "b", "dataset": "x"}, ref))
+        assert ray.get(workers[1].name.remote()) == names[1]
 
-    # Full training and teacher measurement through the actor.
-    out = ray.get(
-        workers[0].finetune.remote(
-            "job-a", specs[0].action, remote[0]["weights"], {"epochs": 1, "batch_size": 64}, 0
+        # Full training and teacher measurement through the actor.
+        out = ray.get(
+            workers[0].finetune.remote(
+                "job-a", specs[0].action, remote[0]["weights"], {"epochs": 1, "batch_size": 64}, 0
+            )
         )
-    )
-    assert len(out["history"]) == 1 and out["onnx"] and out["params"] == remote[0]["params"]
-    acc = ray.get(workers[1].measure_teacher.remote("resnet20", 10, teacher_bytes, small_npz, None))
-    assert 0.0 <= acc <= 1.0
-    trained = ray.get(
-        workers[0].train_teacher.remote("resnet20", 10, small_npz, None, 1, 0, 0.05, 32, 32)
-    )
-    assert trained["metadata"]["accuracy"] == trained["accuracy"] and trained["seconds"] > 0
-    ctx2 = {**ctx_dict, "job_key": "job-b"}
-    assert ray.get(workers[1].prepare.remote(ctx2, trained["weights"])) == names[1]
-    ray.get(workers[0].release.remote("job-a"))
-    assert ray.get(workers[0].jobs.remote()) == []
-    for w in workers:
-        ray.kill(w)
+        assert len(out["history"]) == 1 and out["onnx"] and out["params"] == remote[0]["params"]
+        acc = ray.get(
+            workers[1].measure_teacher.remote("resnet20", 10, teacher_bytes, small_npz, None)
+        )
+        assert 0.0 <= acc <= 1.0
+        trained = ray.get(
+            workers[0].train_teacher.remote("resnet20", 10, small_npz, None, 1, 0, 0.05, 32, 32)
+        )
+        assert trained["metadata"]["accuracy"] == trained["accuracy"] and trained["seconds"] > 0
+        ctx2 = {**ctx_dict, "job_key": "job-b"}
+        assert ray.get(workers[1].prepare.remote(ctx2, trained["weights"])) == names[1]
+        ray.get(workers[0].release.remote("job-a"))
+        assert ray.get(workers[0].jobs.remote()) == []
+    finally:
+        for w in workers:
+            ray.kill(w)
