@@ -177,7 +177,8 @@
 
   // ------------------------------------------------------------------ job page
   const COLUMNS = [
-    ["number", "#", (t) => t.number, (t) => t.number],
+    // Trial ids (not the job-local `number`) everywhere: they are what the API and CLI take.
+    ["number", "trial", (t) => t.number, (t) => t.id],
     ["status", "status", (t) => t.status, (t) => badge(t.status)],
     ["params", "params", (t) => t.params, (t) => count(t.params), "num"],
     ["flops", "FLOPs", (t) => t.flops, (t) => count(t.flops), "num"],
@@ -264,7 +265,7 @@
             <span class="sub">${p.running} running · ${p.pending} pending · ${p.failed} failed</span></div>
           <div class="stat"><span class="label">best reward</span>
             <span class="value">${best ? num(best.reward) : "–"}</span>
-            <span class="sub">${best ? `trial ${best.number} · ${count(best.params)} params · ${pct(best.accuracy)}` : "no finished trial yet"}</span></div>
+            <span class="sub">${best ? `trial ${best.id} · ${count(best.params)} params · ${pct(best.accuracy)}` : "no finished trial yet"}</span></div>
           <div class="stat"><span class="label">full training</span>
             <span class="value">${p.finalized} / ${job.top_k}</span>
             <span class="sub">top ${job.top_k} · ${f.epochs} epoch${f.epochs > 1 ? "s" : ""}</span></div>
@@ -301,11 +302,11 @@
       let best = -Infinity;
       const line = byFinish.map((t, i) => {
         best = Math.max(best, t.reward);
-        return { n: i + 1, reward: t.reward, best, id: t.number };
+        return { n: i + 1, reward: t.reward, best, id: t.id };
       });
       document.getElementById("chart-best").innerHTML = charts.bestSoFar(line);
       const pts = done.filter((t) => t.params != null && t.accuracy != null)
-        .map((t) => ({ x: t.params, y: t.accuracy, reward: t.reward, id: t.number }));
+        .map((t) => ({ x: t.params, y: t.accuracy, reward: t.reward, id: t.id }));
       const tmark = teacher && teacher.accuracy != null
         ? { x: teacher.params, y: teacher.accuracy, label: `teacher ${teacher.arch}` } : null;
       document.getElementById("chart-scatter").innerHTML = charts.scatter(pts, tmark);
@@ -360,7 +361,7 @@
         <thead><tr><th>trial</th><th class="num">params</th><th class="num">times smaller</th>
           <th class="num">search acc.</th><th class="num">final acc.</th><th class="num">reward</th>
           <th>download</th></tr></thead><tbody>${finals.map((t) => `<tr data-final-id="${t.id}">
-          <td>#${t.number}</td><td class="num">${count(t.final.params)}</td>
+          <td>${t.id}</td><td class="num">${count(t.final.params)}</td>
           <td class="num">${teacher ? (teacher.params / t.final.params).toFixed(2) + "×" : "–"}</td>
           <td class="num">${pct(t.accuracy)}</td><td class="num"><b>${pct(t.final.accuracy)}</b></td>
           <td class="num">${num(t.reward)}</td>
