@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, TypeVar
@@ -42,7 +43,14 @@ from service.pool import Slot, WorkerPool
 from service.settings import Settings
 from workers.spec import FullTraining, SearchTraining, TrialSpec, WorkerError
 
-__all__ = ["JobRunner", "Scheduler", "build_space", "make_searcher", "trial_seed"]
+__all__ = [
+    "JobRunner",
+    "Scheduler",
+    "build_space",
+    "canonical_order",
+    "make_searcher",
+    "trial_seed",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -66,6 +74,15 @@ def build_space(arch: str, num_classes: int, weights: bytes, input_shape: tuple[
     model.eval()
     graph = trace(model, tuple(input_shape))
     return CompressionSpace(graph, model, max(128, len(graph.layers)))
+
+
+def canonical_order(searcher: Searcher, numbers: dict[str, int]) -> None:
+    """Put a searcher's observations and pending candidates in trial-number order (from
+    `numbers`: action key -> trial number) instead of completion order."""
+    order = sorted(range(len(searcher.actions)), key=lambda i: numbers[searcher.actions[i].key])
+    searcher.actions = [searcher.actions[i] for i in order]
+    searcher.rewards = [searcher.rewards[i] for i in order]
+    searcher.pending = dict(sorted(searcher.pending.items(), key=lambda kv: numbers[kv[0]]))
 
 
 def make_searcher(
@@ -109,6 +126,37 @@ def _error_of(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, WorkerError):
         return exc.code, str(exc)
     return "worker_exception", f"{exc.__class__.__name__}: {exc}"
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a long CPU-bound call (a BO fit) in a daemon thread and await its result.
+
+    Unlike `asyncio.to_thread`, a daemon thread does not keep the process alive at exit: the
+    server stops promptly even in the middle of a fit (the fit is redone after a restart).
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def work() -> None:
+        try:
+            outcome: tuple[T | None, BaseException | None] = (fn(*args), None)
+        except BaseException as e:  # noqa: BLE001 - handed to the awaiting task
+            outcome = (None, e)
+        try:
+            loop.call_soon_threadsafe(settle, *outcome)
+        except RuntimeError:  # the loop is closed: the server stopped meanwhile
+            pass
+
+    threading.Thread(target=work, name="esnac-fit", daemon=True).start()
+    return await future
 
 
 def _forget(tasks: dict[int, asyncio.Task[None]], key: int, _done: asyncio.Task[None]) -> None:
@@ -251,6 +299,7 @@ class JobRunner:
         self._lock = asyncio.Lock()  # the searcher is used by one thread at a time
         self.searcher: Searcher
         self.ctx: dict[str, Any] = {}
+        self.numbers: dict[str, int] = {}  # action key -> trial number
         self.teacher_ref: Any = None
 
     async def run(self) -> None:
@@ -298,6 +347,7 @@ class JobRunner:
 
         job, teacher, weights, encoder, trials = await s.db(load)
         self.job = job
+        self.numbers = {Action.from_json(t.action).key: t.number for t in trials}
         space = await asyncio.to_thread(
             build_space, teacher.arch, teacher.num_classes, weights, teacher.input_shape
         )
@@ -383,19 +433,23 @@ class JobRunner:
         job = self.job
 
         def suggest() -> list[Action]:
-            # A per-proposal seed makes a resumed job propose what it would have proposed
-            # given the same observations.
+            # Deterministic proposals: a per-proposal seed, and observations / pending
+            # candidates in trial-number order (not completion order), so a resumed job
+            # proposes exactly what the uninterrupted one would from the same results.
+            canonical_order(self.searcher, self.numbers)
             self.searcher.rng = np.random.default_rng([job.seed, first_number])
             return self.searcher.suggest(n)
 
         async with self._lock:
-            actions = await asyncio.to_thread(suggest)
+            actions = await in_daemon_thread(suggest)
 
         def store() -> list[Trial]:
             with self.s.storage.session() as repo:
                 return repo.create_trials(self.job_id, [a.to_dict() for a in actions])
 
-        return await self.s.db(store)
+        trials = await self.s.db(store)
+        self.numbers.update((a.key, t.number) for a, t in zip(actions, trials, strict=True))
+        return trials
 
     async def _trial(self, trial: Trial, slot: Slot) -> None:
         """Run one trial to a finished state on `slot` (retrying on fresh actors)."""

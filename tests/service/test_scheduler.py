@@ -10,7 +10,13 @@ import torch
 
 from embedding.space import Action
 from service.db import Job, JobState
-from service.scheduler import build_space, make_searcher, trial_seed
+from service.scheduler import (
+    build_space,
+    canonical_order,
+    in_daemon_thread,
+    make_searcher,
+    trial_seed,
+)
 from workers import zoo
 from workers.export import state_to_safetensors
 
@@ -20,7 +26,7 @@ def _job(strategy: str = "random", seed: int = 7) -> Job:
     return Job(
         id=1, teacher_id=1, dataset="digits", strategy=strategy, steps=3, per_step=2, search={},
         top_k=1, full_training={}, reward="params", seed=seed, embedding_from=None,
-        searcher={"kernels": 2, "subset": 0.5, "candidates": 30, "train_encoder": True},
+        searcher={"kernels": 1, "subset": 1.0, "candidates": 20, "train_encoder": True},
         status=JobState.RUNNING, error=None, encoder_id=None, created_at=now, started_at=now,
         finished_at=None, updated_at=now,
     )  # fmt: skip
@@ -46,21 +52,65 @@ def test_space_matches_the_workers_max_layers(space) -> None:
     assert big.num_layers > 128 and big.max_layers == big.num_layers
 
 
-def test_resumed_random_searcher_proposes_what_the_original_would(space) -> None:
-    """The scheduler reseeds before each proposal from (job seed, first trial number) and
-    replays observations + pending on resume: the proposals after a restart are the same."""
-    job = _job()
+@pytest.mark.parametrize("strategy", ["random", pytest.param("esnac", marks=pytest.mark.slow)])
+def test_resumed_searcher_proposes_what_the_original_would(space, strategy: str) -> None:
+    """Before each proposal the scheduler reseeds from (job seed, first trial number) and puts
+    observations in trial-number order; on resume it replays results + pending: a restarted
+    job proposes exactly what the uninterrupted one would have."""
+    job = _job(strategy)
 
     def propose(searcher, first_number: int, n: int) -> list[Action]:
+        canonical_order(searcher, numbers)
         searcher.rng = np.random.default_rng([job.seed, first_number])
-        return searcher.suggest(n)
+        out = searcher.suggest(n)
+        numbers.update((a.key, first_number + k) for k, a in enumerate(out))
+        return out
 
+    numbers: dict[str, int] = {}
     live = make_searcher(job, space)
-    first = propose(live, 0, 2)
-    live.observe([first[0]], [0.5])  # first[1] still in flight
-    want = propose(live, 2, 2)
+    first = propose(live, 0, 3)
+    live.observe([first[0]], [0.25])
+    second = propose(live, 3, 2)
+    live.observe([second[0], first[2]], [0.4, 0.5])  # completion order != trial order
+    want = propose(live, 5, 2)  # (esnac: a real fit on 3 observations)
 
     resumed = make_searcher(job, space)
-    resumed.observe([first[0]], [0.5])
-    resumed.mark_pending([first[1]])
-    assert [a.key for a in propose(resumed, 2, 2)] == [a.key for a in want]
+    resumed.observe([first[0], first[2], second[0]], [0.25, 0.5, 0.4])  # replay by number
+    resumed.mark_pending([first[1], second[1]])
+    assert [a.key for a in propose(resumed, 5, 2)] == [a.key for a in want]
+
+
+def test_fits_run_off_the_event_loop_and_do_not_block_exit() -> None:
+    import asyncio
+    import subprocess
+    import sys
+    import time
+
+    async def main() -> None:
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        assert await in_daemon_thread(lambda: (time.sleep(0.3), 42)[1]) == 42
+        assert ticks >= 10  # the loop kept running while the call ran
+        ticker.cancel()
+        with pytest.raises(ZeroDivisionError):
+            await in_daemon_thread(lambda: 1 / 0)
+
+    asyncio.run(main())
+    code = (
+        "import asyncio, time\n"
+        "from service.scheduler import in_daemon_thread\n"
+        "async def main():\n"
+        "    asyncio.create_task(in_daemon_thread(time.sleep, 60))\n"
+        "    await asyncio.sleep(0.1)\n"
+        "asyncio.run(main())\n"
+    )
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=50)
+    assert time.monotonic() - t0 < 40  # did not wait for the 60 s call
