@@ -314,6 +314,8 @@ class Repository:
 
     def set_job_state(self, job_id: int, state: JobState, *, error: str | None = None) -> Job:
         """Move a job to `state` (row locked); a finished job raises `UpdateFinishedJobError`."""
+        if err := _no_such("job", job_id):
+            raise err
         m = self._s.get(JobModel, job_id, with_for_update=True)
         if m is None:
             raise NotFoundError(f"job {job_id} not found")
