@@ -524,3 +524,59 @@ def fuzz(url: str, *, examples: int, token: str = TOKEN) -> dict[str, Any]:
         "requests": sum(statuses.values()), "statuses": dict(sorted(statuses.items())),
         "5xx": len(server_errors), "server_errors": server_errors[:20],
     }  # fmt: skip
+
+
+class Poller:
+    """Background dashboard-like traffic during a scenario: `clients` threads GET `path` every
+    `interval` s from whatever server `url()` names now (it may change across restarts).
+
+    `figures()`: requests, p50/p99 latency (ms) of answered requests, `5xx` (server errors other
+    than 503), `503` (the deliberate "retry later" while the database is down) and
+    `unreachable` (connection refused: the server process was down).
+    """
+
+    def __init__(self, url: Callable[[], str], path: str = "/v1/jobs?limit=20",
+                 clients: int = 2, interval: float = 0.25) -> None:  # fmt: skip
+        self.url, self.path, self.clients, self.interval = url, path, clients, interval
+        self.lat: list[float] = []
+        self.codes: Counter[str] = Counter()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t = time.perf_counter()
+            try:
+                r = httpx.get(self.url() + self.path, timeout=30)
+                with self._lock:
+                    self.lat.append(time.perf_counter() - t)
+                    self.codes[str(r.status_code)] += 1
+            except httpx.HTTPError as e:
+                with self._lock:
+                    self.codes[e.__class__.__name__] += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> Poller:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    def figures(self) -> dict[str, Any]:
+        ms = sorted(x * 1000 for x in self.lat)
+
+        def pct(q: float) -> float | None:
+            return round(ms[min(len(ms) - 1, int(q * len(ms)))], 1) if ms else None
+
+        codes = self.codes
+        return {
+            "requests": sum(codes.values()), "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+            "5xx": sum(v for k, v in codes.items() if k.startswith("5") and k != "503"),
+            "503": codes.get("503", 0),
+            "unreachable": sum(v for k, v in codes.items() if not k.isdigit()),
+        }  # fmt: skip
