@@ -1,0 +1,356 @@
+"""Search efficiency on real CIFAR-10: does the learned embedding find better students sooner?
+
+Three stages, each resumable, run by hand (hours on a 2-core CPU; see benchmarks/README.md):
+
+    python benchmarks/search_efficiency.py teacher   # resnet20 on the 45k/5k split
+    python benchmarks/search_efficiency.py pool      # >= 200 actions evaluated once each
+    python benchmarks/search_efficiency.py simulate  # ESNAC vs untrained encoder vs random
+
+The teacher's weights are cached outside git (benchmarks/cache/); the pool table is committed
+(benchmarks/data/cifar10_resnet20_pool.json) and grows one evaluation at a time, so an interrupted
+run continues where it stopped. The simulation replays searches on the pool: a searcher's
+proposals are restricted to the pool's not-yet-evaluated members and the "evaluation" is a table
+look-up, as in NAS-Bench-style studies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent
+DEFAULT_NPZ = ROOT.parent.parent / "shared" / "data" / "cifar10" / "train.npz"
+CACHE = ROOT / "cache"
+TEACHER_FILE = CACHE / "cifar10_resnet20.safetensors"
+TEACHER_META = CACHE / "cifar10_resnet20.json"
+POOL_FILE = ROOT / "data" / "cifar10_resnet20_pool.json"
+RESULTS = ROOT / "results"
+
+
+def _dataset(npz: Path) -> str:
+    # 45,000 / 5,000 train/validation split with the loader's fixed seed.
+    return f"npz:{npz}?val=0.1"
+
+
+# ----------------------------------------------------------------------------------- teacher
+def cmd_teacher(args: argparse.Namespace) -> None:
+    from workers.train import train_teacher
+
+    if TEACHER_FILE.exists() and not args.force:
+        print(TEACHER_META.read_text())
+        return
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    result = train_teacher(
+        "resnet20",
+        10,
+        _dataset(args.npz),
+        epochs=args.epochs,
+        lr=0.1,
+        step_every=max(1, args.epochs // 3),
+        seed=0,
+        device="cpu",
+    )
+    meta = dict(result.metadata)
+    meta.update(
+        {
+            "accuracy": result.accuracy,
+            "epochs": args.epochs,
+            "seconds": time.perf_counter() - t0,
+            "command": " ".join(sys.argv),
+            "dataset": "cifar10 train.npz, 45k/5k fixed-seed split",
+        }
+    )
+    TEACHER_FILE.write_bytes(result.weights)
+    TEACHER_META.write_text(json.dumps(meta, indent=2) + "\n")
+    print(json.dumps(meta, indent=2))
+
+
+def _teacher() -> tuple[bytes, dict[str, Any]]:
+    if not TEACHER_FILE.exists():
+        raise SystemExit("no cached teacher: run `python benchmarks/search_efficiency.py teacher`")
+    return TEACHER_FILE.read_bytes(), json.loads(TEACHER_META.read_text())
+
+
+# -------------------------------------------------------------------------------------- pool
+def _load_pool(path: Path) -> dict[str, Any]:
+    if path.exists():
+        return json.loads(path.read_text())
+    return {}
+
+
+def _save_pool(pool: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(pool, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def cmd_pool(args: argparse.Namespace) -> None:
+    from embedding import CompressionSpace
+    from workers import zoo
+    from workers.export import load_state_safetensors
+    from workers.spec import SearchTraining, TrialSpec
+    from workers.trial import JobContext, prepare_job, run_trial
+
+    torch.set_num_threads(args.threads)
+    weights, meta = _teacher()
+    teacher = zoo.build("resnet20", 10)
+    load_state_safetensors(teacher, weights)
+    space = CompressionSpace.from_model(teacher)
+    settings = {
+        "teacher": "resnet20",
+        "teacher_accuracy": meta["accuracy"],
+        "dataset": "cifar10 train.npz, 45k/5k split; KD on the first "
+        f"{args.train_samples} training images",
+        "training": {
+            "epochs": args.epochs,
+            "max_train_samples": args.train_samples,
+            "batch_size": 128,
+            "lr": 1e-3,
+            "weight_decay": 5e-4,
+            "augment": True,
+        },
+        "sampling_seed": args.seed,
+        "space_fingerprint": space.fingerprint,
+    }
+    pool = _load_pool(args.pool)
+    if pool and pool.get("settings") != settings:
+        raise SystemExit(
+            f"{args.pool} was made with other settings:\n{json.dumps(pool.get('settings'))}\n"
+            "delete it or run with the same settings"
+        )
+    pool.setdefault("settings", settings)
+    entries: list[dict[str, Any]] = pool.setdefault("entries", [])
+    rng = np.random.default_rng(args.seed)
+    actions = []
+    seen: set[str] = set()
+    while len(actions) < args.size:  # the same deterministic sequence on every resume
+        a = space.sample(rng)
+        if a.key not in seen:
+            seen.add(a.key)
+            actions.append(a)
+    done = {e["key"] for e in entries}
+    ctx = JobContext(
+        job_key="pool",
+        teacher_arch="resnet20",
+        num_classes=10,
+        teacher_weights=weights,
+        teacher_accuracy=float(meta["accuracy"]),
+        dataset=_dataset(args.npz),
+    )
+    state = prepare_job(ctx, device="cpu")
+    training = SearchTraining(**settings["training"])  # type: ignore[arg-type]
+    deadline = time.monotonic() + args.budget_minutes * 60
+    for k, action in enumerate(actions):
+        if action.key in done:
+            continue
+        if time.monotonic() > deadline:
+            print(f"time budget reached with {len(entries)}/{args.size} entries; rerun to resume")
+            break
+        t0 = time.perf_counter()
+        spec = TrialSpec(
+            trial_id=k, action=action.to_dict(), seed=k, training=training, return_weights=False
+        )
+        res = run_trial(ctx, spec, cache=state)
+        entries.append(
+            {
+                "index": k,
+                "key": action.key,
+                "action": action.to_dict(),
+                "params": res.params,
+                "flops": res.flops,
+                "accuracy": res.accuracy,
+                "compression": res.compression,
+                "reward": res.reward,
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        _save_pool(pool, args.pool)
+        print(
+            f"[{len(entries)}/{args.size}] acc={res.accuracy:.4f} C={res.compression:.3f} "
+            f"reward={res.reward:.4f} ({time.perf_counter() - t0:.1f}s)",
+            flush=True,
+        )
+
+
+# --------------------------------------------------------------------------------- simulate
+def _best_so_far(rewards: list[float]) -> list[float]:
+    out, best = [], -math.inf
+    for r in rewards:
+        best = max(best, r)
+        out.append(best)
+    return out
+
+
+def _pool_searcher(base: type, members: list[Any]) -> type:
+    """`base` with every sampled action drawn from the pool's members not yet observed or
+    pending: the acquisition ranks only tabulated architectures (and the random baseline draws
+    from the same pool, which itself follows the paper's sampling distributions)."""
+
+    class PoolSearcher(base):  # type: ignore[misc, valid-type]
+        def _sample_unique(self, n: int, exclude: set[str]) -> list[Any]:
+            left = [a for a in members if a.key not in exclude]
+            take = min(n, len(left))
+            return [left[i] for i in self.rng.choice(len(left), size=take, replace=False)]
+
+    return PoolSearcher
+
+
+def simulate_one(
+    method: str,
+    pool: dict[str, Any],
+    space: Any,
+    seed: int,
+    budget: int,
+    per_step: int,
+    esnac_kwargs: dict[str, Any],
+) -> list[float]:
+    """Run one search on the pool; return the reward of each evaluation in order."""
+    from embedding import Action, RandomSearcher
+    from embedding.search import EsnacSearcher
+
+    by_key = {e["key"]: e for e in pool["entries"]}
+    members = [Action.from_json(e["action"]) for e in pool["entries"]]
+    if method == "random":
+        searcher = _pool_searcher(RandomSearcher, members)(space, seed=seed)
+    else:
+        searcher = _pool_searcher(EsnacSearcher, members)(
+            space, seed=seed, train_encoder=(method == "esnac"), **esnac_kwargs
+        )
+    rewards: list[float] = []
+    while len(rewards) < budget:
+        picks = searcher.suggest(min(per_step, budget - len(rewards)))
+        got = [by_key[a.key]["reward"] for a in picks]
+        searcher.observe(picks, got)
+        rewards.extend(got)
+    return rewards
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    from embedding import CompressionSpace
+    from workers import zoo
+
+    torch.set_num_threads(args.threads)
+    pool = _load_pool(args.pool)
+    if not pool.get("entries"):
+        raise SystemExit("the pool is empty: run the `pool` stage first")
+    space = CompressionSpace.from_model(zoo.build("resnet20", 10))
+    if space.fingerprint != pool["settings"]["space_fingerprint"]:
+        raise SystemExit("the pool was made for another resnet20 graph")
+    methods = ["esnac", "esnac_untrained", "random"]
+    curves: dict[str, list[list[float]]] = {m: [] for m in methods}
+    seconds: dict[str, float] = {m: 0.0 for m in methods}
+    esnac_kwargs = {"kernels": args.kernels, "subset": args.subset}
+    for seed in range(args.seeds):
+        for m in methods:
+            t0 = time.perf_counter()
+            rewards = simulate_one(m, pool, space, seed, args.budget, args.per_step, esnac_kwargs)
+            seconds[m] += time.perf_counter() - t0
+            curves[m].append(_best_so_far(rewards))
+            print(f"seed {seed} {m}: best {max(rewards):.4f}", flush=True)
+    summary: dict[str, Any] = {
+        "pool_size": len(pool["entries"]),
+        "pool_best_reward": max(e["reward"] for e in pool["entries"]),
+        "budget": args.budget,
+        "per_step": args.per_step,
+        "seeds": args.seeds,
+        "esnac": esnac_kwargs,
+        "methods": {},
+    }
+    for m in methods:
+        arr = np.asarray(curves[m])
+        mean = arr.mean(axis=0)
+        se = arr.std(axis=0, ddof=1) / math.sqrt(arr.shape[0]) if arr.shape[0] > 1 else 0 * mean
+        summary["methods"][m] = {
+            "mean": mean.tolist(),
+            "se": se.tolist(),
+            "seconds_per_search": seconds[m] / args.seeds,
+            **{
+                f"at_{k}": [float(mean[k - 1]), float(se[k - 1])]
+                for k in (16, 32, 60)
+                if k <= args.budget
+            },
+        }
+    target = summary["methods"]["random"]["mean"][-1]
+    reach = [i + 1 for i, v in enumerate(summary["methods"]["esnac"]["mean"]) if v >= target]
+    summary["esnac_evals_to_random_best_at_budget"] = reach[0] if reach else None
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "search_efficiency.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _plot(summary, args.out / "search_efficiency.png")
+    print(json.dumps({k: v for k, v in summary.items() if k != "methods"}, indent=2))
+    for m in methods:
+        print(m, {k: v for k, v in summary["methods"][m].items() if k.startswith("at_")})
+
+
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    labels = {
+        "esnac": "ESNAC (learned embedding)",
+        "esnac_untrained": "ESNAC, untrained encoder",
+        "random": "random search",
+    }
+    for m, stats in summary["methods"].items():
+        mean, se = np.asarray(stats["mean"]), np.asarray(stats["se"])
+        x = np.arange(1, len(mean) + 1)
+        ax.plot(x, mean, label=labels[m])
+        ax.fill_between(x, mean - se, mean + se, alpha=0.25)
+    ax.set_xlabel("evaluated architectures")
+    ax.set_ylabel("best reward so far (mean ± s.e.)")
+    ax.set_title(f"resnet20 / CIFAR-10 pool of {summary['pool_size']}, {summary['seeds']} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="stage", required=True)
+    p = sub.add_parser("teacher", help="train the resnet20 teacher (cached)")
+    p.add_argument("--npz", type=Path, default=DEFAULT_NPZ)
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_teacher)
+    p = sub.add_parser("pool", help="evaluate sampled actions into the pool table (resumable)")
+    p.add_argument("--npz", type=Path, default=DEFAULT_NPZ)
+    p.add_argument("--size", type=int, default=200)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--train-samples", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--budget-minutes", type=float, default=600)
+    p.add_argument("--pool", type=Path, default=POOL_FILE)
+    p.set_defaults(func=cmd_pool)
+    p = sub.add_parser("simulate", help="replay searches on the pool")
+    p.add_argument("--seeds", type=int, default=20)
+    p.add_argument("--budget", type=int, default=60)
+    p.add_argument("--per-step", type=int, default=8)
+    p.add_argument("--kernels", type=int, default=8)
+    p.add_argument("--subset", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pool", type=Path, default=POOL_FILE)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.set_defaults(func=cmd_simulate)
+    args = parser.parse_args()
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
