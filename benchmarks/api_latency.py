@@ -6,10 +6,16 @@ succeeded trials (random actions with synthetic rewards), so that when the serve
 scheduler replays them and starts a full-size BO fit.
 
 1. Baseline: a server with the scheduler off answers `--requests` polls.
-2. Under load: a server with the scheduler on; the same polls are sent while the fit runs; only
-   requests that finished before the fit's first proposal was stored count.
 
-Prints JSON (p50/p99/max in ms for both) and writes `benchmarks/results/api_latency.json`.
+The server gets 8 worker slots (so the first proposal is a full 8-kernel fit) whose actors ask
+for more CPUs than its Ray has: no worker process starts on this machine during the measurement
+(in a deployment the workers run on other machines), so only the fit competes with the API.
+2. Under load: a server with the scheduler on; once its log says the job is proposing (the fit
+   has started), the same runs of polls are sent; a run counts only if the fit's proposals were
+   still not stored when it ended (so every request of it overlapped the fit).
+
+Prints JSON (p50/p99/max in ms, the median run of `--runs`, for both) and writes
+`benchmarks/results/api_latency.json`.
 Run: `python benchmarks/api_latency.py` (about 1-2 minutes on 2 cores).
 """
 
@@ -153,43 +159,48 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=100)
     ap.add_argument("--observed", type=int, default=160)
     ap.add_argument("--gap", type=float, default=0.02, help="seconds between polls")
-    ap.add_argument("--runs", type=int, default=3, help="baseline runs (median reported)")
+    ap.add_argument("--runs", type=int, default=3, help="runs of polls (median reported)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="esnac-bench-"))
     url = f"sqlite:///{tmp / 'esnac.db'}"
     upgrade(url)
     job_id = seed_database(url, tmp / "artifacts", args.observed)
     env = dict(os.environ, ESNAC_DATABASE_URL=url, ESNAC_ARTIFACT_DIR=str(tmp / "artifacts"),
-               ESNAC_WORKERS="1", ESNAC_RAY_NUM_CPUS="1", ESNAC_POLL_INTERVAL="0.2")  # fmt: skip
+               ESNAC_WORKERS="8", ESNAC_RAY_NUM_CPUS="1", ESNAC_CPUS_PER_TRIAL="2",
+               ESNAC_POLL_INTERVAL="0.2")  # fmt: skip
 
     proc, base = start(dict(env, ESNAC_SCHEDULER="false"), tmp / "baseline.log")
     try:
-        baseline_runs = [summary([x for x, _ in poll(base, job_id, args.requests, args.gap)])
-                         for _ in range(args.runs)]  # fmt: skip
+        baseline_runs = [
+            summary([x for x, _ in poll(base, job_id, args.requests, args.gap)])
+            for _ in range(args.runs)
+        ]
     finally:
         stop(proc)
 
-    proc, base = start(env, tmp / "fit.log")
+    log = tmp / "fit.log"
+    proc, base = start(env, log)
+    during_runs: list[dict[str, float]] = []
     try:
-        time.sleep(1.0)  # the runner replays the observations, then fits
-        samples = poll(base, job_id, args.requests, args.gap)
-        deadline = time.monotonic() + 900
-        first_new = None
+        deadline = time.monotonic() + 300
+        marker = f"job {job_id}: proposing"
+        while marker not in log.read_text():  # the runner replayed the results; fit starts
+            if time.monotonic() > deadline:
+                raise TimeoutError(log.read_text()[-3000:])
+            time.sleep(0.1)
         storage = Storage(url)
-        while first_new is None and time.monotonic() < deadline:
+        for _ in range(args.runs):
+            samples = poll(base, job_id, args.requests, args.gap)
             with storage.session(readonly=True) as repo:
-                new = [t for t in repo.job_trials(job_id) if t.number >= args.observed]
-            if new:
-                first_new = min(t.created_at for t in new)
-            else:
-                time.sleep(0.5)
+                fit_done = len(repo.job_trials(job_id)) > args.observed
+            if fit_done:  # this run may have outlived the fit: it does not count
+                break
+            during_runs.append(summary([x for x, _ in samples]))
         storage.dispose()
     finally:
         stop(proc)
-    if first_new is None:
-        raise RuntimeError("the fit did not finish within 15 minutes")
-    fit_end = first_new.replace(tzinfo=timezone.utc).timestamp()  # noqa: UP017
-    during = [x for x, end in samples if end < fit_end]
+    if not during_runs:
+        raise RuntimeError("the fit ended before a full run of polls; raise --observed")
     result = {
         "benchmark": "api_latency",
         "what": "GET /v1/jobs/{id}/trials?limit=100 latency (client side, ms)",
@@ -199,14 +210,11 @@ def main() -> None:
         "baseline_scheduler_off": sorted(baseline_runs, key=lambda s: s["p99_ms"])[
             len(baseline_runs) // 2
         ],
-        "during_bo_fit": summary(during) if during else None,
-        "all_requests_during_fit": len(during) == len(samples),
+        "during_bo_fit": sorted(during_runs, key=lambda s: s["p99_ms"])[len(during_runs) // 2],
+        "during_bo_fit_runs": during_runs,
         "target_p99_ms": 100,
     }
-    result["pass"] = bool(
-        result["during_bo_fit"] and result["all_requests_during_fit"]
-        and result["during_bo_fit"]["p99_ms"] < 100
-    )  # fmt: skip
+    result["pass"] = result["during_bo_fit"]["p99_ms"] < 100
     text = json.dumps(result, indent=2)
     print(text)
     out = ROOT / "benchmarks" / "results" / "api_latency.json"

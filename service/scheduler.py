@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import asdict
@@ -21,6 +22,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import ray
+import torch
 
 from embedding.graph import trace
 from embedding.search import RandomSearcher, Searcher
@@ -176,6 +178,7 @@ class Scheduler:
         self._jobs: dict[int, asyncio.Task[None]] = {}
         self._teachers: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
+        self.fit_threads = settings.fit_threads or max(1, (os.cpu_count() or 2) - 1)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a storage call in a thread (the event loop never waits on the database).
@@ -433,6 +436,8 @@ class JobRunner:
         job = self.job
 
         def suggest() -> list[Action]:
+            # Leave a core to the API: the fit gets all but one of the machine's CPUs.
+            torch.set_num_threads(self.s.fit_threads)
             # Deterministic proposals: a per-proposal seed, and observations / pending
             # candidates in trial-number order (not completion order), so a resumed job
             # proposes exactly what the uninterrupted one would from the same results.
@@ -441,7 +446,13 @@ class JobRunner:
             return self.searcher.suggest(n)
 
         async with self._lock:
+            log.info(
+                "job %d: proposing %d candidates from %d results (%s)",
+                self.job_id, n, len(self.searcher.rewards), self.searcher.kind,
+            )  # fmt: skip
             actions = await in_daemon_thread(suggest)
+            log.info("job %d: proposed trials %d..%d", self.job_id, first_number,
+                     first_number + len(actions) - 1)  # fmt: skip
 
         def store() -> list[Trial]:
             with self.s.storage.session() as repo:

@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     threads_per_trial: int | None = Field(default=None, ge=1)
     #: A trial whose worker dies is retried on a fresh worker up to this many attempts in all.
     max_attempts: int = Field(default=3, ge=1)
+    #: torch threads of the coordinator's BO fits (None: all CPUs but one, kept for the API).
+    fit_threads: int | None = Field(default=None, ge=1)
     #: How often the scheduler looks for new jobs and teacher trainings, in seconds.
     poll_interval: float = Field(default=0.5, gt=0)
     #: Start the scheduler (and Ray) with the app; off for API-only processes and some tests.
