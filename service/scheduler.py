@@ -22,7 +22,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import ray
-import torch
 
 from embedding.graph import trace
 from embedding.search import RandomSearcher, Searcher
@@ -41,6 +40,7 @@ from service.db import (
     UpdateFinishedTrialError,
 )
 from service.db.retry import retry_transient
+from service.fitter import Fitter
 from service.pool import Slot, WorkerPool
 from service.settings import Settings
 from workers.spec import FullTraining, SearchTraining, TrialSpec, WorkerError
@@ -178,7 +178,8 @@ class Scheduler:
         self._jobs: dict[int, asyncio.Task[None]] = {}
         self._teachers: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
-        self.fit_threads = settings.fit_threads or max(1, (os.cpu_count() or 2) - 1)
+        # Leave a core to the API: fits get all but one of the machine's CPUs.
+        self.fitter = Fitter(settings.fit_threads or max(1, (os.cpu_count() or 2) - 1))
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a storage call in a thread (the event loop never waits on the database).
@@ -241,6 +242,7 @@ class Scheduler:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.fitter.shutdown()
 
     # ------------------------------------------------------------------------ teachers
     async def _train_teacher(self, teacher: Teacher) -> None:
@@ -350,6 +352,7 @@ class JobRunner:
 
         job, teacher, weights, encoder, trials = await s.db(load)
         self.job = job
+        self.teacher_args = (teacher.arch, teacher.num_classes, weights, teacher.input_shape)
         self.numbers = {Action.from_json(t.action).key: t.number for t in trials}
         space = await asyncio.to_thread(
             build_space, teacher.arch, teacher.num_classes, weights, teacher.input_shape
@@ -435,14 +438,13 @@ class JobRunner:
         """Ask the searcher for `n` candidates (in a thread) and persist them as pending."""
         job = self.job
 
+        # Deterministic proposals: a per-proposal seed, and observations / pending candidates
+        # in trial-number order (not completion order), so a resumed job proposes exactly what
+        # the uninterrupted one would from the same results.
+        rng_key = [job.seed, first_number]
+
         def suggest() -> list[Action]:
-            # Leave a core to the API: the fit gets all but one of the machine's CPUs.
-            torch.set_num_threads(self.s.fit_threads)
-            # Deterministic proposals: a per-proposal seed, and observations / pending
-            # candidates in trial-number order (not completion order), so a resumed job
-            # proposes exactly what the uninterrupted one would from the same results.
-            canonical_order(self.searcher, self.numbers)
-            self.searcher.rng = np.random.default_rng([job.seed, first_number])
+            self.searcher.rng = np.random.default_rng(rng_key)
             return self.searcher.suggest(n)
 
         async with self._lock:
@@ -450,7 +452,13 @@ class JobRunner:
                 "job %d: proposing %d candidates from %d results (%s)",
                 self.job_id, n, len(self.searcher.rewards), self.searcher.kind,
             )  # fmt: skip
-            actions = await in_daemon_thread(suggest)
+            canonical_order(self.searcher, self.numbers)
+            if self.searcher.kind == "random":  # cheap: no fit
+                actions = await in_daemon_thread(suggest)
+            else:
+                actions = await self.s.fitter.propose(
+                    self.searcher, job, self.job_key, self.teacher_args, n, rng_key
+                )
             log.info("job %d: proposed trials %d..%d", self.job_id, first_number,
                      first_number + len(actions) - 1)  # fmt: skip
 

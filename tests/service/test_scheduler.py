@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 
 from embedding.space import Action
 from service.db import Job, JobState
+from service.fitter import Fitter
 from service.scheduler import (
     build_space,
     canonical_order,
@@ -33,9 +35,14 @@ def _job(strategy: str = "random", seed: int = 7) -> Job:
 
 
 @pytest.fixture(scope="module")
-def space():
+def teacher_args() -> tuple[str, int, bytes, tuple[int, ...]]:
     torch.manual_seed(0)
-    return build_space("resnet20", 10, state_to_safetensors(zoo.build("resnet20", 10)), (3, 32, 32))
+    return ("resnet20", 10, state_to_safetensors(zoo.build("resnet20", 10)), (3, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def space(teacher_args):
+    return build_space(*teacher_args)
 
 
 def test_trial_seeds_are_stable_and_distinct() -> None:
@@ -53,7 +60,9 @@ def test_space_matches_the_workers_max_layers(space) -> None:
 
 
 @pytest.mark.parametrize("strategy", ["random", pytest.param("esnac", marks=pytest.mark.slow)])
-def test_resumed_searcher_proposes_what_the_original_would(space, strategy: str) -> None:
+def test_resumed_searcher_proposes_what_the_original_would(
+    space, teacher_args, strategy: str
+) -> None:
     """Before each proposal the scheduler reseeds from (job seed, first trial number) and puts
     observations in trial-number order; on resume it replays results + pending: a restarted
     job proposes exactly what the uninterrupted one would have."""
@@ -77,7 +86,18 @@ def test_resumed_searcher_proposes_what_the_original_would(space, strategy: str)
     resumed = make_searcher(job, space)
     resumed.observe([first[0], first[2], second[0]], [0.25, 0.5, 0.4])  # replay by number
     resumed.mark_pending([first[1], second[1]])
-    assert [a.key for a in propose(resumed, 5, 2)] == [a.key for a in want]
+    canonical_order(resumed, numbers)
+    # ... proposed in the fit process, as the scheduler does
+    fitter = Fitter(threads=1)
+    try:
+        got = asyncio.run(
+            fitter.propose(resumed, job, "job-1", teacher_args, 2, [job.seed, 5])
+        )
+    finally:
+        fitter.shutdown()
+    assert [a.key for a in got] == [a.key for a in want]
+    assert set(resumed.pending) == {first[1].key, second[1].key} | {a.key for a in got}
+    assert resumed.state_dict()["rewards"] == [0.25, 0.5, 0.4]
 
 
 def test_fits_run_off_the_event_loop_and_do_not_block_exit() -> None:

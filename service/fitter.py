@@ -1,0 +1,127 @@
+"""BO fits in a separate process, so the API never competes with them for the GIL.
+
+A fit is mostly PyTorch (which releases the GIL) but also long stretches of Python (sampling
+candidate pools, encoding them, the LSTM's time loop); in a thread of the server that delays every
+request by up to the interpreter's switch interval each time it needs the GIL. Here the
+coordinator keeps each job's searcher (the BO state) and sends a snapshot (`state_dict()`) to one
+spawned fit process, which rebuilds the searcher, proposes, and sends the new state back. The
+process keeps each job's compression space, so the teacher is traced once per job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from embedding.search import Searcher
+from embedding.space import Action, CompressionSpace
+from service.db import Job
+
+__all__ = ["Fitter"]
+
+log = logging.getLogger(__name__)
+
+# In the fit process only: job key -> its teacher's compression space (a few recent jobs).
+_SPACES: OrderedDict[str, CompressionSpace] = OrderedDict()
+_KEEP_SPACES = 8
+
+
+class _SpaceMissing(Exception):
+    """The fit process has no space for this job yet: send the teacher along."""
+
+
+def _propose(
+    job: Job,
+    job_key: str,
+    teacher: tuple[str, int, bytes, tuple[int, ...]] | None,
+    state: dict[str, Any],
+    n: int,
+    rng_key: list[int],
+    threads: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(In the fit process.) Rebuild the searcher from `state`, propose `n` actions."""
+    import numpy as np
+    import torch
+
+    from service.scheduler import build_space, make_searcher
+
+    torch.set_num_threads(threads)
+    space = _SPACES.get(job_key)
+    if space is None:
+        if teacher is None:
+            raise _SpaceMissing(job_key)
+        space = build_space(*teacher)
+        _SPACES[job_key] = space
+        while len(_SPACES) > _KEEP_SPACES:
+            _SPACES.popitem(last=False)
+    _SPACES.move_to_end(job_key)
+    searcher = make_searcher(job, space)
+    searcher.load_state_dict(state)
+    searcher.rng = np.random.default_rng(rng_key)
+    actions = searcher.suggest(n)
+    return [a.to_dict() for a in actions], searcher.state_dict()
+
+
+class Fitter:
+    """Runs `suggest` of the coordinator's searchers in one spawned process."""
+
+    def __init__(self, threads: int) -> None:
+        self.threads = threads
+        self._executor: ProcessPoolExecutor | None = None
+
+    def _pool(self) -> ProcessPoolExecutor:
+        if self._executor is None:
+            self._executor = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+            )
+        return self._executor
+
+    async def propose(
+        self,
+        searcher: Searcher,
+        job: Job,
+        job_key: str,
+        teacher: tuple[str, int, bytes, tuple[int, ...]],
+        n: int,
+        rng_key: list[int],
+    ) -> list[Action]:
+        """`searcher.suggest(n)` (seeded with `rng_key`) computed in the fit process; the
+        searcher's state (observations, pending, learned encoder) is updated in place."""
+        loop = asyncio.get_running_loop()
+        state = searcher.state_dict()
+        send: tuple[str, int, bytes, tuple[int, ...]] | None = None
+        for attempt in range(3):
+            try:
+                dicts, new_state = await loop.run_in_executor(
+                    self._pool(), _propose, job, job_key, send, state, n, rng_key, self.threads
+                )
+                break
+            except _SpaceMissing:
+                send = teacher
+            except BrokenProcessPool:
+                if attempt == 2:
+                    raise
+                log.warning("the fit process died; starting a new one")
+                self._kill()
+                send = teacher
+        searcher.load_state_dict(new_state)
+        return [Action.from_json(d) for d in dicts]
+
+    def _kill(self) -> None:
+        ex, self._executor = self._executor, None
+        if ex is None:
+            return
+        # ProcessPoolExecutor cannot interrupt a running call: terminate its process, so that
+        # stopping the server never waits for a fit (it is redone after a restart).
+        procs = list(getattr(ex, "_processes", {}).values())
+        ex.shutdown(wait=False, cancel_futures=True)
+        for p in procs:
+            p.terminate()
+
+    def shutdown(self) -> None:
+        self._kill()
