@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -29,6 +30,14 @@ log = logging.getLogger(__name__)
 # In the fit process only: job key -> its teacher's compression space (a few recent jobs).
 _SPACES: OrderedDict[str, CompressionSpace] = OrderedDict()
 _KEEP_SPACES = 8
+
+
+def _init_fit_process() -> None:
+    """Fits are batch work: the API process (and its requests) go first when CPUs are short."""
+    try:
+        os.nice(10)
+    except OSError:  # not permitted here: run at normal priority
+        pass
 
 
 class _SpaceMissing(Exception):
@@ -77,7 +86,9 @@ class Fitter:
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn")
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_fit_process,
             )
         return self._executor
 
