@@ -85,13 +85,19 @@ def _register(
     if accuracy is None:
         accuracy = measure_accuracy(model, dataset, settings.data_dir)
     params = sum(p.numel() for p in model.parameters())
-    with storage.session() as repo:
-        art = artifacts.write(repo, "teacher", data)
-        return repo.create_teacher(
-            arch=arch, num_classes=num_classes, dataset=dataset, status="ready",
-            source="upload", params=params, input_shape=shape, accuracy=accuracy,
-            weights_id=art.id,
-        )  # fmt: skip
+    art = None
+    try:
+        with storage.session() as repo:
+            art = artifacts.write(repo, "teacher", data)
+            return repo.create_teacher(
+                arch=arch, num_classes=num_classes, dataset=dataset, status="ready",
+                source="upload", params=params, input_shape=shape, accuracy=accuracy,
+                weights_id=art.id,
+            )  # fmt: skip
+    except Exception:
+        if art is not None:  # the transaction rolled back: remove its file too
+            artifacts.path(art).unlink(missing_ok=True)
+        raise
 
 
 def measure_accuracy(model: Any, dataset: str, data_dir: str | None) -> float:
