@@ -381,9 +381,7 @@ def coordinator_crash(make_server: Callable[[], Server], *, steps: int, crashes:
     with server.client() as c:
         job_id = submit_job(c, upload_teacher(c), steps=steps, samples=samples, seed=5)
     started = time.monotonic()
-    kept_ok = True
-    in_flight_reruns: list[int] = []
-    finished_at_crash = 0
+    snapshots: list[dict[int, Any]] = []  # the stored trials at each crash
     recovery_s: list[float] = []
     for k in range(crashes):
         with server.client() as c:
@@ -393,32 +391,36 @@ def coordinator_crash(make_server: Callable[[], Server], *, steps: int, crashes:
         server.kill()
         storage = Storage(server.env["ESNAC_DATABASE_URL"])
         with storage.session(readonly=True) as repo:
-            at_kill = {t.id: t for t in repo.job_trials(job_id)}
+            snapshots.append({t.id: t for t in repo.job_trials(job_id)})
         storage.dispose()
-        finished_at_crash = sum(1 for t in at_kill.values() if t.status.is_finished())
         t0 = time.monotonic()
         server = make_server().start()
         recovery_s.append(time.monotonic() - t0)
-        with server.client() as c:
-            job = wait_job(c, job_id, timeout) if k == crashes - 1 else None
-            now = {t["id"]: t for t in all_trials(c, job_id)}
-        if job is None:
-            continue
-        for tid, old in at_kill.items():
+    with server.client() as c:
+        job = wait_job(c, job_id, timeout)
+        now = {t["id"]: t for t in all_trials(c, job_id)}
+    # every trial finished before a crash is unchanged; every one in flight was re-run at most
+    # once more per crash it lived through
+    kept_ok, in_flight_reruns, finished_at_crash = True, [], []
+    for i, snap in enumerate(snapshots):
+        finished_at_crash.append(sum(1 for t in snap.values() if t.status.is_finished()))
+        later = snapshots[i + 1] if i + 1 < len(snapshots) else {}
+        for tid, old in snap.items():
+            t = now[tid]
             if old.status.is_finished():
-                t = now[tid]
                 kept_ok &= (t["attempts"], t["reward"], t["status"]) == (
                     old.attempts,
                     old.reward,
                     old.status.value,
                 )
-            elif old.status.value == "running":
-                in_flight_reruns.append(now[tid]["attempts"] - old.attempts)
+            elif old.status.value == "running":  # attempts added before the next crash
+                nxt = later[tid].attempts if tid in later else t["attempts"]
+                in_flight_reruns.append(nxt - old.attempts)
     with server.client() as c:
         trials = all_trials(c, job_id)
     server.stop()
     return {
-        "job_status": job["status"] if job else "unknown", "budget": budget,
+        "job_status": job["status"], "budget": budget,
         "faults_injected": crashes, "finished_before_crash": finished_at_crash,
         "finished_before_crash_kept": kept_ok,
         "in_flight_at_crash": len(in_flight_reruns),
