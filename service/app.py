@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy.exc import DBAPIError
 
+from service.api.limits import BodyLimit
 from service.api.routes import health, jobs, teachers, trials
 from service.artifacts import ArtifactStore
 from service.db import NotFoundError, Storage
@@ -90,6 +91,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.storage = Storage(settings.database_url)
     app.state.artifacts = ArtifactStore(settings.artifact_dir)
     app.state.scheduler = None
+
+    app.add_middleware(BodyLimit, max_upload_mb=settings.max_upload_mb)
 
     @app.exception_handler(NotFoundError)
     async def _not_found(_request: Request, exc: NotFoundError) -> JSONResponse:

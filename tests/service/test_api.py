@@ -91,7 +91,8 @@ def test_upload_measures_accuracy_when_not_given(client: TestClient, resnet20_by
 
 
 @pytest.mark.parametrize(
-    "kind", ["pickle", "torch_save", "truncated", "wrong_shape", "wrong_keys", "too_large"]
+    "kind",
+    ["pickle", "torch_save", "truncated", "wrong_shape", "wrong_keys", "too_large", "way_too_large"],
 )
 def test_bad_uploads_are_refused_and_store_nothing(
     kind: str, client: TestClient, settings: Settings, resnet20_bytes: bytes
@@ -114,8 +115,11 @@ def test_bad_uploads_are_refused_and_store_nothing(
         renamed = {("x." + k if k.startswith("fc.") else k): v for k, v in state.items()}
         data, want = save(renamed), 422
         needle = "missing keys [fc.bias, fc.weight] (2); unexpected keys [x.fc.bias, x.fc.weight]"
-    else:
-        data, want, needle = b"\0" * (3 * 1024 * 1024), 413, "ESNAC_MAX_UPLOAD_MB=2"
+    elif kind == "too_large":  # refused by the route (within the framing allowance)
+        data, want, needle = b"\0" * (2 * 1024 * 1024 + 10), 413, "ESNAC_MAX_UPLOAD_MB=2"
+    else:  # refused while streaming, before the body is parsed
+        data, want = b"\0" * (4 * 1024 * 1024), 413
+        needle = "request body larger than ESNAC_MAX_UPLOAD_MB=2"
     r = _upload(client, data)
     assert r.status_code == want, r.text
     assert needle in r.json()["detail"]
