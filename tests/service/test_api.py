@@ -92,7 +92,10 @@ def test_upload_measures_accuracy_when_not_given(client: TestClient, resnet20_by
 
 @pytest.mark.parametrize(
     "kind",
-    ["pickle", "torch_save", "truncated", "wrong_shape", "wrong_keys", "too_large", "way_too_large"],
+    [
+        "pickle", "torch_save", "truncated", "wrong_shape", "wrong_keys", "too_large",
+        "way_too_large",
+    ],  # fmt: skip
 )
 def test_bad_uploads_are_refused_and_store_nothing(
     kind: str, client: TestClient, settings: Settings, resnet20_bytes: bytes
