@@ -267,3 +267,22 @@ def test_restart_and_dead_worker_keep_every_finished_trial(
     later = c.get(f"/v1/jobs/{job3}/trials", params={"cursor": page["next_cursor"]}).json()
     assert later["items"] == []
     assert c.get(f"/v1/jobs/{job3}").json()["status"] == "cancelled"
+
+    # a job whose trials all fail (its dataset vanished) fails with a message, no retries
+    import numpy as np
+
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x=np.zeros((20, 32, 32, 3), np.uint8), y=np.arange(20) % 10)
+    r = c.post(
+        "/v1/teachers", files={"weights": ("t", state_to_safetensors(zoo.build("resnet20", 10)))},
+        data={"arch": "resnet20", "num_classes": "10", "dataset": f"npz:{npz}", "accuracy": "0.5"},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    npz.unlink()
+    r = c.post("/v1/jobs", json={"teacher_id": r.json()["id"], "strategy": "random", "steps": 1,
+                                 "per_step": 2, "search": {"epochs": 1}})  # fmt: skip
+    failed = _wait(c, f"/v1/jobs/{r.json()['id']}", _finished, 120)
+    assert failed["status"] == "failed" and "every trial failed" in failed["error"]
+    for t in _all_trials(c, failed["id"]):
+        assert (t["status"], t["error_code"], t["attempts"]) == ("failed", "bad_spec", 1)
+        assert "does not exist" in t["error"]
