@@ -422,6 +422,10 @@ class JobRunner:
             if inflight:
                 await asyncio.gather(*list(inflight), return_exceptions=True)
 
+        # The learned encoder is stored with the end of the search (a job resumed while
+        # finalizing keeps it; its replayed searcher has not fitted anything).
+        data = encoder_bytes(self.searcher)
+
         def finish_search() -> int:
             with s.storage.session() as repo:
                 counts = repo.job_counts(self.job_id)
@@ -429,6 +433,8 @@ class JobRunner:
                     raise RuntimeError(
                         f"every trial failed ({counts['failed']}); see the trials' errors"
                     )
+                if data is not None:
+                    repo.set_job_encoder(self.job_id, s.artifacts.write(repo, "encoder", data).id)
                 repo.set_job_state(self.job_id, JobState.FINALIZING)
                 return counts[TrialState.SUCCEEDED.value]
 
@@ -587,12 +593,9 @@ class JobRunner:
         todo = [t for t in await s.db(top) if t.final_accuracy is None]
         errors = await asyncio.gather(*(self._full_train(t) for t in todo))
         problems = [e for e in errors if e]
-        data = encoder_bytes(self.searcher)
 
         def finish() -> None:
             with s.storage.session() as repo:
-                if data is not None:
-                    repo.set_job_encoder(self.job_id, s.artifacts.write(repo, "encoder", data).id)
                 repo.set_job_state(
                     self.job_id, JobState.SUCCEEDED, error="; ".join(problems) or None
                 )
