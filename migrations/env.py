@@ -17,8 +17,10 @@ def run_migrations_online() -> None:
             context.run_migrations()
         return
     url = config.get_main_option("sqlalchemy.url")
-    if not url:
-        raise RuntimeError("no database URL: set ESNAC_DATABASE_URL or pass --database-url")
+    if not url:  # plain `alembic -c service/alembic.ini ...`: the service's own setting
+        from service.settings import Settings
+
+        url = Settings().database_url
     engine = make_engine(url)
     with engine.connect() as conn:
         context.configure(connection=conn, target_metadata=None, render_as_batch=True)

@@ -158,3 +158,19 @@ def test_poll_trials_cursor_sees_every_change_once(storage: Storage) -> None:
         assert repo.poll_trials(job_id, status="running") == page
         earlier = changed.updated_at - timedelta(microseconds=1)
         assert [t.id for t in repo.poll_trials(job_id, updated_after=earlier)] == [changed.id]
+
+
+def test_orm_models_match_the_migrations(db_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from service.db.models import Base
+    from service.db.storage import make_engine
+
+    engine = make_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    finally:
+        engine.dispose()
+    assert diff == []
