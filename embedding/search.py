@@ -7,6 +7,7 @@ JSON-able data plus tensors -- never pickled objects.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -214,6 +215,8 @@ class EsnacSearcher(Searcher):
             except EncoderError as exc:
                 raise SearcherError(f"encoder_init does not fit this space: {exc}") from exc
         self.last_fit: FitReport | None = None
+        #: wall seconds of the last model-based proposal: "fit", "candidates", "acquisition"
+        self.last_timings: dict[str, float] = {}
         self._learned: dict[str, torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ learned embedding
@@ -271,7 +274,9 @@ class EsnacSearcher(Searcher):
                 keep = np.sort(self.rng.choice(n_obs, size=2, replace=False))
             subsets.append(keep)
         init_seed = int(self.rng.integers(2**62))
+        t0 = time.perf_counter()
         pools = [self._sample_unique(self.candidates, exclude) for _ in range(m)]
+        t1 = time.perf_counter()
 
         dev = self.device
         stack = EncoderStack(
@@ -293,8 +298,13 @@ class EsnacSearcher(Searcher):
         report = fit_stack(stack, x, y, mask.to(dev), self.fit_settings, self.train_encoder)
         self.last_fit = report
         self._learned = stack.encoder_state(int(np.argmax(report.objective)))
-
+        t2 = time.perf_counter()
         ranked = self._rank_candidates(stack, x, y, mask, pools, report)
+        self.last_timings = {
+            "candidates": t1 - t0,
+            "fit": t2 - t1,
+            "acquisition": time.perf_counter() - t2,
+        }
         out: list[Action] = []
         taken = set(exclude)
         cursors = [0] * m

@@ -1,0 +1,155 @@
+"""Cost of one ESNAC proposal step with the paper's settings (DESIGN.md section 3).
+
+ResNet-34 (CIFAR, 100 classes) teacher space, 160 observed random actions with random rewards,
+`EsnacSearcher` defaults (8 kernels, subset 0.5, 1000 candidates per kernel, BiLSTM 4 x 64, LOO
+fit with Adam, at most 100 steps and the EMA stopping rule): `suggest(8)` timed `--repeats`
+times (different seeds), reported as medians of wall and process-CPU seconds, split into
+candidate sampling, fitting and acquisition (embedding + Expected Improvement).
+
+Baseline, measured in the same run: the original code's way -- one architecture at a time
+through `nn.LSTM` (batch size 1), kernel entries in Python loops, leave-one-out by refitting
+without each point -- timed for two fit steps on one kernel's 80 observations and for scoring
+`--baseline-candidates` candidates, then extrapolated (clearly labelled) to the step: 8 kernels x
+23 fit steps (where the original's stopping rule fires on this data) + 8000 candidates.
+
+The machine is shared: wall seconds depend on the load (recorded), process-CPU seconds much less.
+
+    python benchmarks/proposal.py [--repeats 3] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from embedding.encoder import ArchitectureEncoder
+from embedding.kernel import to_unit_cube
+from embedding.search import EsnacSearcher
+from embedding.space import CompressionSpace
+from workers import zoo
+
+RESULTS = Path(__file__).parent / "results" / "proposal.json"
+
+
+def proposal_step(space: CompressionSpace, seed: int) -> dict[str, float]:
+    rng = np.random.default_rng(1000 + seed)
+    observed = []
+    keys: set[str] = set()
+    while len(observed) < 160:
+        a = space.sample(rng)
+        if a.key not in keys:
+            keys.add(a.key)
+            observed.append(a)
+    searcher = EsnacSearcher(space, seed=seed)
+    searcher.observe(observed, rng.random(160).tolist())
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = searcher.suggest(8)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    if len(out) != 8 or searcher.last_fit is None:
+        raise RuntimeError("the searcher did not propose 8 model-based candidates")
+    steps = searcher.last_fit.steps
+    return {
+        "total_s": wall,
+        "total_cpu_s": cpu,
+        **{f"{k}_s": v for k, v in searcher.last_timings.items()},
+        "fit_steps_mean": float(np.mean(steps)),
+        "fit_steps_max": float(max(steps)),
+        "load_avg_1min": os.getloadavg()[0],
+    }
+
+
+def _naive_embed(enc: ArchitectureEncoder, rows: torch.Tensor) -> list[torch.Tensor]:
+    return [enc(rows[i : i + 1])[0] for i in range(rows.shape[0])]
+
+
+def _naive_loo(emb: list[torch.Tensor], y: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    n = len(emb)
+
+    def entry(i: int, j: int) -> torch.Tensor:
+        return torch.exp(-((emb[i] - emb[j]) ** 2).sum() / (2 * alpha))
+
+    k = torch.stack([torch.stack([entry(i, j) for j in range(n)]) for i in range(n)])
+    k = k.double() + beta * torch.eye(n, dtype=torch.float64)
+    total = torch.zeros((), dtype=torch.float64)
+    for i in range(n):
+        rest = [j for j in range(n) if j != i]
+        k_rr, k_ir = k[rest][:, rest], k[i, rest]
+        mu = k_ir @ torch.linalg.solve(k_rr, y[rest])
+        var = k[i, i] - k_ir @ torch.linalg.solve(k_rr, k_ir)
+        total = total - 0.5 * torch.log(2 * math.pi * var) - (y[i] - mu) ** 2 / (2 * var)
+    return total / n
+
+
+def naive_baseline(space: CompressionSpace, n_candidates: int) -> dict[str, float]:
+    rng = np.random.default_rng(7)
+    rows = space.encode([space.sample(rng) for _ in range(80)])
+    y = torch.tensor(rng.random(80))
+    y = y - y.mean()
+    torch.manual_seed(0)
+    enc = ArchitectureEncoder(space.row_size, input_transform="raw")
+    opt = torch.optim.Adam(enc.parameters(), lr=1e-3, weight_decay=5e-4)
+    step_times = []
+    for _ in range(2):
+        t = time.perf_counter()
+        opt.zero_grad()
+        loss = -_naive_loo(_naive_embed(enc, rows), y, 0.01, 0.05)
+        loss.backward()
+        opt.step()
+        step_times.append(time.perf_counter() - t)
+    cand = space.encode([space.sample(rng) for _ in range(n_candidates)])
+    t = time.perf_counter()
+    with torch.no_grad():
+        emb = _naive_embed(enc, cand)
+        u = to_unit_cube(torch.stack(emb))
+        del u
+    per_candidate = (time.perf_counter() - t) / n_candidates
+    fit_step = min(step_times)
+    return {
+        "fit_step_80_obs_s": fit_step,
+        "score_per_candidate_s": per_candidate,
+        "extrapolated_fit_s": fit_step * 23 * 8,
+        "extrapolated_acquisition_s": per_candidate * 8000,
+        "extrapolated_total_s": fit_step * 23 * 8 + per_candidate * 8000,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--baseline-candidates", type=int, default=50)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    space = CompressionSpace.from_model(zoo.build("resnet34", 100))
+    baseline = naive_baseline(space, args.baseline_candidates)
+    runs = [proposal_step(space, seed) for seed in range(args.repeats)]
+    median = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    result = {
+        "benchmark": "proposal",
+        "teacher": "resnet34 (CIFAR, 100 classes)",
+        "layers": space.num_layers,
+        "settings": "160 observations (random rewards), 8 kernels, subset 0.5, 1000 candidates "
+        "per kernel, BiLSTM 4x64, LOO fit (Adam 1e-3, wd 5e-4, <=100 steps, EMA stop)",
+        "threads": args.threads,
+        "cpu": os.cpu_count(),
+        "median": median,
+        "runs": runs,
+        "baseline_naive_extrapolated": baseline,
+        "speedup_vs_naive_total": baseline["extrapolated_total_s"] / median["total_s"],
+        "target_total_s": 48.0,
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
