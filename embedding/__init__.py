@@ -4,7 +4,7 @@ from embedding.encoder import ArchitectureEncoder, EncoderError, EncoderStack
 from embedding.graph import KINDS, Layer, LayerGraph, UnsupportedModelError, trace
 from embedding.kernel import EmbeddingKernel
 from embedding.model import FitReport, FitSettings, build_gp, fit_stack, loo_log_likelihood
-from embedding.reward import compression, reward
+from embedding.reward import compression, model_flops, reward
 from embedding.search import EsnacSearcher, RandomSearcher, Searcher, SearcherError
 from embedding.space import (
     Action,
@@ -38,6 +38,7 @@ __all__ = [
     "compression",
     "fit_stack",
     "loo_log_likelihood",
+    "model_flops",
     "reward",
     "trace",
 ]

@@ -1,8 +1,39 @@
-"""The compression reward of the paper: f(x) = C (2 - C) * A_student / A_teacher."""
+"""The compression reward of the paper: f(x) = C (2 - C) * A_student / A_teacher.
+
+C is measured on parameters by default (the paper); pass FLOPs (`model_flops`) as the sizes for
+the FLOPs variant.
+"""
 
 from __future__ import annotations
 
-__all__ = ["compression", "reward"]
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["compression", "model_flops", "reward"]
+
+
+def model_flops(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> int:
+    """Floating-point operations of one forward pass on one input (PyTorch's FLOP counter:
+    convolutions and matrix products, 2 per multiply-accumulate).
+
+    Args:
+        model: a teacher or a materialised student (its mode is restored afterwards).
+        input_shape: one input's shape, without the batch dimension.
+
+    Returns:
+        The FLOP count, for `reward(..., student_flops, teacher_flops)`.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops())
 
 
 def compression(student_size: float, teacher_size: float) -> float:
