@@ -27,7 +27,7 @@ def _random_system(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     e = torch.randn(n, 5, generator=g, dtype=torch.float64)
     e = e / e.norm(dim=-1, keepdim=True)
-    k = torch.exp(-torch.cdist(e, e) ** 2 / (2 * 0.3)) + 0.05 * torch.eye(n, dtype=torch.float64)
+    k = torch.exp(-(torch.cdist(e, e) ** 2) / (2 * 0.3)) + 0.05 * torch.eye(n, dtype=torch.float64)
     y = torch.randn(n, generator=g, dtype=torch.float64)
     return k, y
 

@@ -155,15 +155,16 @@ def test_encoder_export_and_transfer(space: CompressionSpace) -> None:
 def test_esnac_beats_random_search(space: CompressionSpace) -> None:
     """Best reward after 40 evaluations (5 steps x 8), 10 seeds, on `synthetic_objective`.
 
-    Bounded configuration for CI time: 8 kernels, gamma 0.5 (the paper's) but 64 candidates per
-    kernel and a BiLSTM of 1 x 16 fitted for at most 20 steps (the paper: 1000, 4 x 64, 100).
+    Bounded configuration for CI time: 8 kernels and gamma 0.5 (the paper's), but 32 candidates
+    per kernel and a BiLSTM of 1 x 8 fitted for at most 10 steps (the paper: 1000, 4 x 64, 100).
+    Measured here: ESNAC - random = 0.070 +- 0.035 (s.e.); ~20 CPU seconds.
     """
     cfg = {
         "kernels": 8,
-        "candidates": 64,
-        "hidden_size": 16,
+        "candidates": 32,
+        "hidden_size": 8,
         "num_layers": 1,
-        "fit": FitSettings(max_steps=20),
+        "fit": FitSettings(max_steps=10),
     }
     diffs = []
     for seed in range(10):
