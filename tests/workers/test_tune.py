@@ -35,9 +35,7 @@ def test_searcher_adapter_observes_forgets_and_round_trips(
     ts.save(str(tmp_path / "state.json"))
     other = TuneSearcher(RandomSearcher(space, seed=99))
     other.restore(str(tmp_path / "state.json"))
-    assert other.wrapped.rewards == [0.7] and set(other.wrapped.pending) == set(
-        ts.wrapped.pending
-    )
+    assert other.wrapped.rewards == [0.7] and set(other.wrapped.pending) == set(ts.wrapped.pending)
     assert other.suggest("t3") == ts.suggest("t3")
     mins = TuneSearcher(RandomSearcher(space), mode="min")
     mins.suggest("a")
