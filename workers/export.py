@@ -12,34 +12,9 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from embedding.space import StudentNet
 from workers.spec import BadSpecError
 
-__all__ = ["load_state_safetensors", "move", "state_to_safetensors", "to_onnx"]
-
-
-def move(
-    model: nn.Module,
-    device: torch.device,
-    *,
-    dtype: torch.dtype | None = None,
-    memory_format: torch.memory_format | None = None,
-) -> nn.Module:
-    """`model.to(device, dtype, memory_format)` that also works for `StudentNet`.
-
-    `StudentNet` defines its own `_apply(i, op, y)`, shadowing the `nn.Module._apply` that `.to()`
-    relies on, so its (parameter-free) shell is skipped and its layers are moved instead.
-    """
-    kwargs: dict = {"device": device}
-    if dtype is not None:
-        kwargs["dtype"] = dtype
-    if memory_format is not None:
-        kwargs["memory_format"] = memory_format
-    if isinstance(model, StudentNet):
-        model.layers.to(**kwargs)
-    else:
-        model.to(**kwargs)
-    return model
+__all__ = ["load_state_safetensors", "state_to_safetensors", "to_onnx"]
 
 
 def state_to_safetensors(model: nn.Module) -> bytes:
@@ -110,7 +85,7 @@ def to_onnx(model: nn.Module, input_shape: Sequence[int]) -> bytes:
     """
     import copy
 
-    m = move(copy.deepcopy(model), torch.device("cpu"), dtype=torch.float32).eval()
+    m = copy.deepcopy(model).to(device="cpu", dtype=torch.float32).eval()
     example = torch.zeros(1, *(int(s) for s in input_shape))
     buf = io.BytesIO()
     with warnings.catch_warnings():

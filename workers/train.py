@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from workers import zoo
 from workers.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
-from workers.export import move, state_to_safetensors
+from workers.export import state_to_safetensors
 from workers.spec import BadSpecError, FullTraining, SearchTraining, TrainingFailedError
 
 __all__ = [
@@ -138,7 +138,9 @@ def _defaults(dev: torch.device, amp: bool | None, channels_last: bool | None) -
 
 
 def _prepare(model: nn.Module, dev: torch.device, channels_last: bool) -> nn.Module:
-    return move(model, dev, memory_format=torch.channels_last if channels_last else None)
+    if channels_last:
+        return model.to(device=dev, memory_format=torch.channels_last)
+    return model.to(device=dev)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -196,7 +198,7 @@ def evaluate(
     """
     dev = _model_device(model) if device is None else resolve_device(device)
     if device is not None:
-        move(model, dev)
+        model.to(dev)
     use_amp = dev.type == "cuda" if amp is None else amp
     if len(dataset) == 0:
         return 0.0

@@ -6,7 +6,7 @@ import torch
 
 from embedding.space import Action, CompressionSpace
 from workers import zoo
-from workers.export import load_state_safetensors, move, state_to_safetensors, to_onnx
+from workers.export import load_state_safetensors, state_to_safetensors, to_onnx
 from workers.spec import BadSpecError
 
 
@@ -50,10 +50,3 @@ def test_onnx_export_is_a_valid_model_with_dynamic_batch(space: CompressionSpace
     dims = model.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param == "batch" and [d.dim_value for d in dims[1:]] == [3, 32, 32]
     assert student.training  # the export works on a copy
-
-
-def test_move_works_for_students(space: CompressionSpace) -> None:
-    student = space.materialize(half(space))
-    move(student, torch.device("cpu"), dtype=torch.float64)
-    assert all(p.dtype == torch.float64 for p in student.parameters())
-    assert student(torch.zeros(1, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
