@@ -139,7 +139,7 @@ def _defaults(dev: torch.device, amp: bool | None, channels_last: bool | None) -
 
 def _prepare(model: nn.Module, dev: torch.device, channels_last: bool) -> nn.Module:
     if channels_last:
-        return model.to(device=dev, memory_format=torch.channels_last)
+        return model.to(dev).to(memory_format=torch.channels_last)
     return model.to(device=dev)
 
 
