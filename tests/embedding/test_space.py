@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,15 @@ from embedding import Action, CompressionSpace, InvalidActionError, TooManyLayer
 from embedding.space import REMOVE_PROBS
 from tests.embedding.test_graph import Residual
 from workers import zoo
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # Tiny batches: intra-op threads only add synchronisation (100x slower on a loaded CPU).
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _space(name: str) -> tuple[nn.Module, CompressionSpace]:
