@@ -330,8 +330,12 @@ def watch_job(client: Client, job_id: int, poll: float = 1.0) -> dict[str, Any]:
                 if best and best.get("reward") is not None
                 else "best reward -"
             )
-            final_phase = job["status"] == "finalizing" or (
-                phase == "final" and job["status"] in TERMINAL_JOB_STATES
+            # A short full training can start and end between two polls: a succeeded job with
+            # finalized students still gets its full-training bar.
+            final_phase = (
+                job["status"] == "finalizing"
+                or (job["status"] == "succeeded" and p["finalized"] > 0)
+                or (phase == "final" and job["status"] in TERMINAL_JOB_STATES)
             )
             extra = f"running {p['running']}  failed {p['failed']}  {best_text}"
             if final_phase and job["top_k"] > 0:
