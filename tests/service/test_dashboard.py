@@ -83,6 +83,11 @@ def _upload_teacher(client: Client) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ a real job, live
+# Enough (and long enough) trials that a fast machine cannot finish the job before the page
+# has rendered its first poll.
+LIVE_TRIALS = 8
+
+
 def test_new_trials_appear_without_reload_while_a_job_runs(
     browser: Any, tmp_path: Path, ray_session: str
 ) -> None:
@@ -95,8 +100,8 @@ def test_new_trials_appear_without_reload_while_a_job_runs(
     with local_server(tmp_path, env=env) as server, Client(server.url, server.token) as client:
         teacher = _upload_teacher(client)
         job = client.post("/v1/jobs", json={
-            "teacher_id": teacher["id"], "strategy": "random", "steps": 4, "per_step": 1,
-            "search": {"epochs": 1, "max_train_samples": 128, "batch_size": 64},
+            "teacher_id": teacher["id"], "strategy": "random", "steps": LIVE_TRIALS,
+            "per_step": 1, "search": {"epochs": 2, "max_train_samples": 512, "batch_size": 64},
             "top_k": 1, "full_training": {"epochs": 1, "batch_size": 64}, "seed": 1,
         })  # fmt: skip
         page, log = _open(browser, f"{server.url}/#/jobs/{job['id']}")
@@ -107,7 +112,7 @@ def test_new_trials_appear_without_reload_while_a_job_runs(
             timeout=120_000,
         )
         first_rows, first_done = rows.count(), done.count()
-        assert first_done < 4, "the job finished before the page could watch it"
+        assert first_done < LIVE_TRIALS, "the job finished before the page could watch it"
         page.wait_for_function(
             f"document.querySelectorAll('#trial-rows tr.st-succeeded').length > {first_done}",
             timeout=120_000,
@@ -124,10 +129,10 @@ def test_new_trials_appear_without_reload_while_a_job_runs(
         assert final["status"] == "succeeded", final.get("error")
         page.wait_for_selector("#job-head .badge-succeeded", timeout=30_000)
         page.wait_for_selector("tr[data-final-id] a.dl", timeout=30_000)
-        assert rows.count() == 4 and done.count() == 4
+        assert rows.count() == LIVE_TRIALS and done.count() == LIVE_TRIALS
         assert _not_reloaded(page)
         best = page.locator("#chart-best svg circle")
-        assert best.count() == 4
+        assert best.count() == LIVE_TRIALS
         assert page.locator("#chart-scatter svg .teacher-mark").count() == 1
         href = page.locator("tr[data-final-id] a.dl").first.get_attribute("href")
         assert href and client.request("GET", href).content[:8]  # the download link works
