@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -122,7 +122,6 @@ class _Resolved:
     removed: set[int]
     keep: np.ndarray  # kept channels per teacher group id
     inputs: list[tuple[int, ...]]  # effective inputs per layer (teacher edges + skips)
-    skip_in: list[tuple[int, ...]] = field(default_factory=list)
 
 
 class StudentNet(nn.Module):
@@ -355,7 +354,7 @@ class CompressionSpace:
             root_keep[root] = k
             keep[grp] = k
         inputs = [tuple(layer.inputs) + tuple(skip_in[layer.index]) for layer in g.layers]
-        return _Resolved(removed, keep, inputs, [tuple(s) for s in skip_in])
+        return _Resolved(removed, keep, inputs)
 
     def _channels(self, spec: tuple, keep: np.ndarray) -> int:
         return int(sum(keep[gid] for gid, _ in spec))
