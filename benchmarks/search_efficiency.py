@@ -60,12 +60,14 @@ def cmd_teacher(args: argparse.Namespace) -> None:
         step_every=max(1, args.epochs // 3),
         seed=0,
         device="cpu",
+        time_budget_s=args.budget_minutes * 60 if args.budget_minutes else None,
     )
     meta = dict(result.metadata)
     meta.update(
         {
             "accuracy": result.accuracy,
-            "epochs": args.epochs,
+            "max_epochs": args.epochs,
+            "budget_minutes": args.budget_minutes,
             "seconds": time.perf_counter() - t0,
             "command": " ".join(sys.argv),
             "dataset": "cifar10 train.npz, 45k/5k fixed-seed split",
@@ -91,9 +93,26 @@ def _load_pool(path: Path) -> dict[str, Any]:
 
 def _save_pool(pool: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(pool, indent=1) + "\n")
     os.replace(tmp, path)
+
+
+def _append_entry(path: Path, settings: dict[str, Any], entry: dict[str, Any]) -> int:
+    """Add one evaluation to the table under an exclusive lock (several shards may write);
+    returns the number of entries now stored."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        pool = _load_pool(path) or {"settings": settings, "entries": []}
+        entries = pool["entries"]
+        if entry["key"] not in {e["key"] for e in entries}:
+            entries.append(entry)
+            entries.sort(key=lambda e: e["index"])
+        _save_pool(pool, path)
+        return len(entries)
 
 
 def cmd_pool(args: argparse.Namespace) -> None:
@@ -119,7 +138,9 @@ def cmd_pool(args: argparse.Namespace) -> None:
             "batch_size": 128,
             "lr": 1e-3,
             "weight_decay": 5e-4,
-            "augment": True,
+            "augment": args.augment,
+            # without augmentation the teacher's logits are computed once and reused (1.6x)
+            "cache_teacher_logits": not args.augment,
         },
         "sampling_seed": args.seed,
         "space_fingerprint": space.fingerprint,
@@ -130,8 +151,8 @@ def cmd_pool(args: argparse.Namespace) -> None:
             f"{args.pool} was made with other settings:\n{json.dumps(pool.get('settings'))}\n"
             "delete it or run with the same settings"
         )
-    pool.setdefault("settings", settings)
-    entries: list[dict[str, Any]] = pool.setdefault("entries", [])
+    if not 0 <= args.shard < args.shards:
+        raise SystemExit(f"--shard must be in [0, {args.shards})")
     rng = np.random.default_rng(args.seed)
     actions = []
     seen: set[str] = set()
@@ -140,7 +161,7 @@ def cmd_pool(args: argparse.Namespace) -> None:
         if a.key not in seen:
             seen.add(a.key)
             actions.append(a)
-    done = {e["key"] for e in entries}
+    done = {e["key"] for e in pool.get("entries", [])}
     ctx = JobContext(
         job_key="pool",
         teacher_arch="resnet20",
@@ -153,17 +174,19 @@ def cmd_pool(args: argparse.Namespace) -> None:
     training = SearchTraining(**settings["training"])  # type: ignore[arg-type]
     deadline = time.monotonic() + args.budget_minutes * 60
     for k, action in enumerate(actions):
-        if action.key in done:
+        if action.key in done or k % args.shards != args.shard:
             continue
         if time.monotonic() > deadline:
-            print(f"time budget reached with {len(entries)}/{args.size} entries; rerun to resume")
+            print(f"time budget reached at action {k}/{args.size}; rerun to resume")
             break
         t0 = time.perf_counter()
         spec = TrialSpec(
             trial_id=k, action=action.to_dict(), seed=k, training=training, return_weights=False
         )
         res = run_trial(ctx, spec, cache=state)
-        entries.append(
+        stored = _append_entry(
+            args.pool,
+            settings,
             {
                 "index": k,
                 "key": action.key,
@@ -174,11 +197,10 @@ def cmd_pool(args: argparse.Namespace) -> None:
                 "compression": res.compression,
                 "reward": res.reward,
                 "seconds": time.perf_counter() - t0,
-            }
+            },
         )
-        _save_pool(pool, args.pool)
         print(
-            f"[{len(entries)}/{args.size}] acc={res.accuracy:.4f} C={res.compression:.3f} "
+            f"[{stored}/{args.size}] #{k} acc={res.accuracy:.4f} C={res.compression:.3f} "
             f"reward={res.reward:.4f} ({time.perf_counter() - t0:.1f}s)",
             flush=True,
         )
@@ -325,6 +347,12 @@ def main() -> None:
     p = sub.add_parser("teacher", help="train the resnet20 teacher (cached)")
     p.add_argument("--npz", type=Path, default=DEFAULT_NPZ)
     p.add_argument("--epochs", type=int, default=30)
+    p.add_argument(
+        "--budget-minutes",
+        type=float,
+        default=None,
+        help="stop early: lr x0.1 at 3/4 of the budget, no epoch past it",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--force", action="store_true")
     p.set_defaults(func=cmd_teacher)
@@ -334,9 +362,24 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--train-samples", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random crop + flip during KD (--no-augment caches the teacher's logits)",
+    )
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--budget-minutes", type=float, default=600)
     p.add_argument("--pool", type=Path, default=POOL_FILE)
+    p.add_argument(
+        "--shard", type=int, default=0, help="evaluate actions with index %% shards == shard"
+    )
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="run several processes (e.g. 2 x --threads 1) that share the table under a lock",
+    )
     p.set_defaults(func=cmd_pool)
     p = sub.add_parser("simulate", help="replay searches on the pool")
     p.add_argument("--seeds", type=int, default=20)

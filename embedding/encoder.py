@@ -217,7 +217,8 @@ class _Recurrence(torch.autograd.Function):
         m, T, B, _, H = y.shape
         G = _GATES * H
         S = 2 * m
-        w = w_hh_t.reshape(S, H, G).transpose(1, 2)
+        # contiguous: bmm against a transposed view runs ~6x slower on CPU (MKL's batched path)
+        w = w_hh_t.reshape(S, H, G).transpose(1, 2).contiguous()
         d_gx = y.new_empty(m, T, B, 2, G)
         d_w = y.new_zeros(S, H, G)
         d_b = y.new_zeros(m, 2, G)
