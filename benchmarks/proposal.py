@@ -56,7 +56,9 @@ def proposal_step(space: CompressionSpace, seed: int, transform: str) -> dict[st
     if len(out) != 8 or searcher.last_fit is None:
         raise RuntimeError("the searcher did not propose 8 model-based candidates")
     steps = searcher.last_fit.steps
+    timings = searcher.last_timings
     return {
+        **flop_account(space.num_layers, steps, timings["fit"], timings["acquisition"]),
         "total_s": wall,
         "total_cpu_s": cpu,
         **{f"{k}_s": v for k, v in searcher.last_timings.items()},
@@ -123,6 +125,42 @@ def naive_baseline(space: CompressionSpace, n_candidates: int) -> dict[str, floa
     }
 
 
+def lstm_flops(sequences: int, length: int, hidden: int = 64, layers: int = 4) -> float:
+    """Multiply-add FLOPs of one forward pass of the BiLSTM over `sequences` rows of `length`
+    steps (layer 0's sparse input projection left out: it is a gather, not a GEMM)."""
+    rows = sequences * length
+    gates = 2 * 4 * hidden  # both directions
+    input_proj = (layers - 1) * rows * (2 * hidden) * gates * 2
+    recurrent = layers * rows * hidden * gates * 2
+    return float(input_proj + recurrent)
+
+
+def gemm_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    """Best-of-`repeats` float32 GEMM rate of this machine with `threads` threads (MKL)."""
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    torch.mm(a, b)
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * size**3 / best / 1e9
+
+
+def flop_account(layers: int, steps: list[float], fit_s: float, acq_s: float) -> dict[str, float]:
+    """FLOPs of the step as run (fit: forward + backward ~ 3 forwards, on 80 observations per
+    kernel, for each kernel's own number of Adam steps; acquisition: 1,000 candidates per kernel)
+    and the rate they ran at."""
+    fit = 3 * lstm_flops(80, layers) * float(sum(steps))
+    acq = lstm_flops(1000, layers) * len(steps)
+    return {
+        "fit_gflop": fit / 1e9,
+        "acquisition_gflop": acq / 1e9,
+        "fit_gflops_achieved": fit / 1e9 / fit_s,
+        "acquisition_gflops_achieved": acq / 1e9 / acq_s,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
@@ -139,6 +177,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     space = CompressionSpace.from_model(zoo.build("resnet34", 100))
     baseline = naive_baseline(space, args.baseline_candidates)
+    peak = gemm_peak_gflops(args.threads)
     runs: list[dict[str, float]] = []
     for seed in range(args.repeats):
         runs.append(proposal_step(space, seed, args.transform))
@@ -160,6 +199,10 @@ def main() -> None:
             "baseline_naive_extrapolated": baseline,
             "speedup_vs_naive_total_wall": baseline["extrapolated_total_s"] / median["total_s"],
             "target_total_s": 48.0,
+            "gemm_2048_gflops": peak,
+            "gflop_total_median": median["fit_gflop"] + median["acquisition_gflop"],
+            # the target's rate: the median step's FLOPs done in 48 s
+            "gflops_needed_for_target": (median["fit_gflop"] + median["acquisition_gflop"]) / 48,
         }
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -271,16 +271,55 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     if space.fingerprint != pool["settings"]["space_fingerprint"]:
         raise SystemExit("the pool was made for another resnet20 graph")
     methods = ["esnac", "esnac_untrained", "random"]
-    curves: dict[str, list[list[float]]] = {m: [] for m in methods}
-    seconds: dict[str, float] = {m: 0.0 for m in methods}
     esnac_kwargs = {"kernels": args.kernels, "subset": args.subset}
-    for seed in range(args.seeds):
+    shards = getattr(args, "shards", 1)
+    shard = getattr(args, "shard", 0)
+    if not 0 <= shard < shards:
+        raise SystemExit(f"--shard must be in [0, {shards})")
+    args.out.mkdir(parents=True, exist_ok=True)
+    part_file = args.out / f"search_efficiency.part{shard}of{shards}.json"
+    run_settings = {
+        "budget": args.budget,
+        "per_step": args.per_step,
+        "esnac": esnac_kwargs,
+        "pool_keys": sorted(e["key"] for e in pool["entries"]),
+    }
+    part: dict[str, Any] = {
+        "settings": run_settings,
+        "curves": {m: {} for m in methods},
+        "seconds": {m: {} for m in methods},
+    }
+    if part_file.exists():  # resume: seeds this shard already replayed with these settings
+        old = json.loads(part_file.read_text())
+        if old.get("settings") == run_settings:
+            part = old
+    for seed in range(shard, args.seeds, shards):
         for m in methods:
+            if str(seed) in part["curves"][m]:
+                continue
             t0 = time.perf_counter()
             rewards = simulate_one(m, pool, space, seed, args.budget, args.per_step, esnac_kwargs)
-            seconds[m] += time.perf_counter() - t0
-            curves[m].append(_best_so_far(rewards))
+            part["seconds"][m][str(seed)] = time.perf_counter() - t0
+            part["curves"][m][str(seed)] = _best_so_far(rewards)
+            _save_pool(part, part_file)
             print(f"seed {seed} {m}: best {max(rewards):.4f}", flush=True)
+    parts = [args.out / f"search_efficiency.part{i}of{shards}.json" for i in range(shards)]
+    if not all(f.exists() for f in parts):
+        print("other shards still running: the last one to finish writes the summary")
+        return
+    curves: dict[str, list[list[float]]] = {m: [] for m in methods}
+    seconds: dict[str, float] = {m: 0.0 for m in methods}
+    loaded = [json.loads(f.read_text()) for f in parts]
+    for m in methods:
+        for seed in range(args.seeds):
+            got = [
+                p for p in loaded if p["settings"] == run_settings and str(seed) in p["curves"][m]
+            ]
+            if not got:
+                print(f"seed {seed} of {m} not replayed yet: summary not written")
+                return
+            curves[m].append(got[0]["curves"][m][str(seed)])
+            seconds[m] += got[0]["seconds"][m][str(seed)]
     summary: dict[str, Any] = {
         "pool_size": len(pool["entries"]),
         "pool_best_reward": max(e["reward"] for e in pool["entries"]),
@@ -307,12 +346,83 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     target = summary["methods"]["random"]["mean"][-1]
     reach = [i + 1 for i, v in enumerate(summary["methods"]["esnac"]["mean"]) if v >= target]
     summary["esnac_evals_to_random_best_at_budget"] = reach[0] if reach else None
-    args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "search_efficiency.json").write_text(json.dumps(summary, indent=1) + "\n")
     _plot(summary, args.out / "search_efficiency.png")
     print(json.dumps({k: v for k, v in summary.items() if k != "methods"}, indent=2))
     for m in methods:
         print(m, {k: v for k, v in summary["methods"][m].items() if k.startswith("at_")})
+
+
+def _spearman(a: np.ndarray, b: np.ndarray) -> float:
+    ra = np.argsort(np.argsort(a)).astype(float)
+    rb = np.argsort(np.argsort(b)).astype(float)
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def cmd_diagnose(args: argparse.Namespace) -> None:
+    """Fit quality on the pool: one kernel fitted on `n` random pool members (all of them, as
+    one ESNAC kernel sees about half of the observations), posterior mean on the rest; the
+    Spearman correlation with the true rewards and the fitted LOO log-likelihood, for the
+    trained and the untrained encoder, and for reference the correlation of the reward with the
+    compression C alone (a one-number "model")."""
+    from embedding import Action, CompressionSpace
+    from embedding.encoder import EncoderStack
+    from embedding.kernel import to_unit_cube
+    from embedding.model import build_gp, fit_stack
+    from workers import zoo
+
+    torch.set_num_threads(args.threads)
+    pool = _load_pool(args.pool)
+    entries = pool.get("entries", [])
+    if len(entries) < max(args.sizes) + 10:
+        raise SystemExit(f"the pool holds {len(entries)} entries: too few for --sizes")
+    space = CompressionSpace.from_model(zoo.build("resnet20", 10))
+    rows = space.encode([Action.from_json(e["action"]) for e in entries])
+    reward = np.asarray([e["reward"] for e in entries])
+    comp = np.asarray([e["compression"] for e in entries])
+    out: dict[str, Any] = {"pool_size": len(entries), "seeds": args.seeds, "by_size": {}}
+    for n in args.sizes:
+        res: dict[str, list[float]] = {}
+        for seed in range(args.seeds):
+            rng = np.random.default_rng(seed)
+            perm = rng.permutation(len(entries))
+            obs, rest = perm[:n], perm[n:]
+            res.setdefault("compression_only_spearman", []).append(
+                _spearman(comp[rest], reward[rest])
+            )
+            for trained in (True, False):
+                name = "trained" if trained else "untrained"
+                stack = EncoderStack(
+                    1, space.row_size, generator=torch.Generator().manual_seed(seed)
+                )
+                x = rows[torch.as_tensor(obs)].unsqueeze(0)
+                y = torch.as_tensor(reward[obs], dtype=torch.float64).unsqueeze(0)
+                t0 = time.perf_counter()
+                report = fit_stack(stack, x, y, train_encoder=trained)
+                with torch.no_grad():
+                    u_obs = to_unit_cube(stack(x))[0].double()
+                    u_rest = to_unit_cube(stack(rows[torch.as_tensor(rest)].unsqueeze(0)))[0]
+                    model, _ = build_gp(u_obs, y[0], report.alpha[0], report.noise[0])
+                    mean = model.posterior(u_rest.double()).mean.squeeze(-1).numpy()
+                res.setdefault(f"{name}_spearman", []).append(_spearman(mean, reward[rest]))
+                res.setdefault(f"{name}_loo_ll", []).append(report.objective[0])
+                res.setdefault(f"{name}_fit_steps", []).append(report.steps[0])
+                res.setdefault(f"{name}_fit_s", []).append(time.perf_counter() - t0)
+            print(
+                f"n={n} seed={seed}: "
+                + ", ".join(f"{k}={v[-1]:.3f}" for k, v in res.items() if "spearman" in k),
+                flush=True,
+            )
+        out["by_size"][str(n)] = {
+            k: {
+                "mean": float(np.mean(v)),
+                "se": float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0,
+            }
+            for k, v in res.items()
+        }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "search_efficiency_diagnosis.json").write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out, indent=1))
 
 
 def _plot(summary: dict[str, Any], path: Path) -> None:
@@ -390,7 +500,21 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pool", type=Path, default=POOL_FILE)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--shard", type=int, default=0, help="replay seeds with seed %% shards == shard")
+    p.add_argument(
+        "--shards",
+        type=int,
+        default=1,
+        help="processes sharing the seeds; the last to finish merges the parts into the summary",
+    )
     p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("diagnose", help="fit quality on the pool: rank correlation, LOO")
+    p.add_argument("--sizes", type=int, nargs="+", default=[16, 32, 56])
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--pool", type=Path, default=POOL_FILE)
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.set_defaults(func=cmd_diagnose)
     args = parser.parse_args()
     args.func(args)
 

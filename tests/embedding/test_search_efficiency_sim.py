@@ -82,11 +82,14 @@ def test_replay_draws_unevaluated_pool_members(bench, space) -> None:  # type: i
 def test_simulate_writes_json_and_png(bench, space, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pool_file = tmp_path / "pool.json"
     pool_file.write_text(json.dumps(synthetic_pool(space)))
-    args = argparse.Namespace(
-        seeds=2, budget=10, per_step=4, kernels=2, subset=0.5, threads=1,
-        pool=pool_file, out=tmp_path / "out",
-    )  # fmt: skip
-    bench.cmd_simulate(args)
+    out = tmp_path / "out"
+    for shard in (0, 1):  # two shards, as two processes would run them; the last one merges
+        args = argparse.Namespace(
+            seeds=2, budget=10, per_step=4, kernels=2, subset=0.5, threads=1,
+            pool=pool_file, out=out, shard=shard, shards=2,
+        )  # fmt: skip
+        bench.cmd_simulate(args)
+        assert (out / "search_efficiency.json").exists() == (shard == 1)
     summary = json.loads((tmp_path / "out" / "search_efficiency.json").read_text())
     assert (tmp_path / "out" / "search_efficiency.png").stat().st_size > 1000
     assert set(summary["methods"]) == {"esnac", "esnac_untrained", "random"}
