@@ -7,7 +7,7 @@ top-1 fine-tuning run one after the other, each with the whole machine. Reported
 search reward, its accuracy / params / C, the fine-tuned accuracy of the best student, wall time
 (submit to finished) and the job's trials.
 
-    python benchmarks/live_search.py                      # 3 steps x 8, KD 5,000 images x 2 epochs
+    python benchmarks/live_search.py    # 3 steps x 8, KD 5,000 images x 2 epochs, 1-epoch tune
     python benchmarks/live_search.py --train-samples 2000 --epochs 1   # shorter
 
 Prints JSON and writes `benchmarks/results/live_search.json`.
@@ -44,7 +44,9 @@ def run_job(c: Any, teacher_id: int, strategy: str, args: argparse.Namespace) ->
             "epochs": args.epochs,
             "max_train_samples": args.train_samples,
             "batch_size": 128,
-            "augment": True,
+            # as in the pool: no augmentation, so the teacher's logits are computed once per job
+            "augment": False,
+            "cache_teacher_logits": True,
         },
         "top_k": 1,
         "full_training": {"epochs": args.finetune_epochs, "step_every": 10**6},
@@ -85,7 +87,7 @@ def main() -> int:
     parser.add_argument("--per-step", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--train-samples", type=int, default=5000)
-    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--finetune-epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout-minutes", type=float, default=90)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/live_search.json")
