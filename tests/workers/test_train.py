@@ -147,10 +147,10 @@ def test_digits_teacher_and_half_width_student_reach_the_targets(digits: Dataset
         10,
         "digits",
         splits=digits,
-        epochs=3,
+        epochs=5,
         batch_size=32,
         lr=0.05,
-        step_every=2,
+        step_every=4,
         device="cpu",
     )
     t_teacher = time.perf_counter() - t0
