@@ -91,10 +91,10 @@ def _load_pool(path: Path) -> dict[str, Any]:
     return {}
 
 
-def _save_pool(pool: dict[str, Any], path: Path) -> None:
+def _write_json(data: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(pool, indent=1) + "\n")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
     os.replace(tmp, path)
 
 
@@ -111,7 +111,7 @@ def _append_entry(path: Path, settings: dict[str, Any], entry: dict[str, Any]) -
         if entry["key"] not in {e["key"] for e in entries}:
             entries.append(entry)
             entries.sort(key=lambda e: e["index"])
-        _save_pool(pool, path)
+        _write_json(pool, path)
         return len(entries)
 
 
@@ -272,8 +272,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         raise SystemExit("the pool was made for another resnet20 graph")
     methods = ["esnac", "esnac_untrained", "random"]
     esnac_kwargs = {"kernels": args.kernels, "subset": args.subset}
-    shards = getattr(args, "shards", 1)
-    shard = getattr(args, "shard", 0)
+    shard, shards = args.shard, args.shards
     if not 0 <= shard < shards:
         raise SystemExit(f"--shard must be in [0, {shards})")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -301,7 +300,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
             rewards = simulate_one(m, pool, space, seed, args.budget, args.per_step, esnac_kwargs)
             part["seconds"][m][str(seed)] = time.perf_counter() - t0
             part["curves"][m][str(seed)] = _best_so_far(rewards)
-            _save_pool(part, part_file)
+            _write_json(part, part_file)
             print(f"seed {seed} {m}: best {max(rewards):.4f}", flush=True)
     parts = [args.out / f"search_efficiency.part{i}of{shards}.json" for i in range(shards)]
     if not all(f.exists() for f in parts):
@@ -310,11 +309,10 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     curves: dict[str, list[list[float]]] = {m: [] for m in methods}
     seconds: dict[str, float] = {m: 0.0 for m in methods}
     loaded = [json.loads(f.read_text()) for f in parts]
+    loaded = [p for p in loaded if p["settings"] == run_settings]
     for m in methods:
         for seed in range(args.seeds):
-            got = [
-                p for p in loaded if p["settings"] == run_settings and str(seed) in p["curves"][m]
-            ]
+            got = [p for p in loaded if str(seed) in p["curves"][m]]
             if not got:
                 print(f"seed {seed} of {m} not replayed yet: summary not written")
                 return
@@ -353,18 +351,14 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         print(m, {k: v for k, v in summary["methods"][m].items() if k.startswith("at_")})
 
 
-def _spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra = np.argsort(np.argsort(a)).astype(float)
-    rb = np.argsort(np.argsort(b)).astype(float)
-    return float(np.corrcoef(ra, rb)[0, 1])
-
-
 def cmd_diagnose(args: argparse.Namespace) -> None:
     """Fit quality on the pool: one kernel fitted on `n` random pool members (all of them, as
     one ESNAC kernel sees about half of the observations), posterior mean on the rest; the
     Spearman correlation with the true rewards and the fitted LOO log-likelihood, for the
     trained and the untrained encoder, and for reference the correlation of the reward with the
     compression C alone (a one-number "model")."""
+    from scipy.stats import spearmanr
+
     from embedding import Action, CompressionSpace
     from embedding.encoder import EncoderStack
     from embedding.kernel import to_unit_cube
@@ -388,7 +382,7 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
             perm = rng.permutation(len(entries))
             obs, rest = perm[:n], perm[n:]
             res.setdefault("compression_only_spearman", []).append(
-                _spearman(comp[rest], reward[rest])
+                float(spearmanr(comp[rest], reward[rest]).statistic)
             )
             for trained in (True, False):
                 name = "trained" if trained else "untrained"
@@ -404,7 +398,9 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
                     u_rest = to_unit_cube(stack(rows[torch.as_tensor(rest)].unsqueeze(0)))[0]
                     model, _ = build_gp(u_obs, y[0], report.alpha[0], report.noise[0])
                     mean = model.posterior(u_rest.double()).mean.squeeze(-1).numpy()
-                res.setdefault(f"{name}_spearman", []).append(_spearman(mean, reward[rest]))
+                res.setdefault(f"{name}_spearman", []).append(
+                    float(spearmanr(mean, reward[rest]).statistic)
+                )
                 res.setdefault(f"{name}_loo_ll", []).append(report.objective[0])
                 res.setdefault(f"{name}_fit_steps", []).append(report.steps[0])
                 res.setdefault(f"{name}_fit_s", []).append(time.perf_counter() - t0)
