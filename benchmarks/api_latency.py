@@ -45,7 +45,7 @@ from embedding.reward import reward as reward_fn  # noqa: E402
 from service.artifacts import ArtifactStore  # noqa: E402
 from service.db import Storage, TrialState  # noqa: E402
 from service.db.migrate import upgrade  # noqa: E402
-from service.scheduler import build_space  # noqa: E402
+from service.searchers import build_space  # noqa: E402
 from workers import zoo  # noqa: E402
 from workers.export import state_to_safetensors  # noqa: E402
 

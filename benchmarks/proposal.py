@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    space = CompressionSpace.from_model(zoo.build("resnet34", 100))
+    space = CompressionSpace.for_teacher(zoo.build("resnet34", 100))
     baseline = naive_baseline(space, args.baseline_candidates)
     peak = gemm_peak_gflops(args.threads)
     runs: list[dict[str, float]] = []

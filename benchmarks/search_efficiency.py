@@ -43,6 +43,7 @@ def _dataset(npz: Path) -> str:
 
 # ----------------------------------------------------------------------------------- teacher
 def cmd_teacher(args: argparse.Namespace) -> None:
+    from workers.spec import TeacherTraining
     from workers.train import train_teacher
 
     if TEACHER_FILE.exists() and not args.force:
@@ -55,10 +56,7 @@ def cmd_teacher(args: argparse.Namespace) -> None:
         "resnet20",
         10,
         _dataset(args.npz),
-        epochs=args.epochs,
-        lr=0.1,
-        step_every=max(1, args.epochs // 3),
-        seed=0,
+        TeacherTraining(epochs=args.epochs, lr=0.1, step_every=max(1, args.epochs // 3)),
         device="cpu",
         time_budget_s=args.budget_minutes * 60 if args.budget_minutes else None,
     )
@@ -126,7 +124,7 @@ def cmd_pool(args: argparse.Namespace) -> None:
     weights, meta = _teacher()
     teacher = zoo.build("resnet20", 10)
     load_state_safetensors(teacher, weights)
-    space = CompressionSpace.from_model(teacher)
+    space = CompressionSpace.for_teacher(teacher)
     settings = {
         "teacher": "resnet20",
         "teacher_accuracy": meta["accuracy"],
@@ -267,7 +265,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     pool = _load_pool(args.pool)
     if not pool.get("entries"):
         raise SystemExit("the pool is empty: run the `pool` stage first")
-    space = CompressionSpace.from_model(zoo.build("resnet20", 10))
+    space = CompressionSpace.for_teacher(zoo.build("resnet20", 10))
     if space.fingerprint != pool["settings"]["space_fingerprint"]:
         raise SystemExit("the pool was made for another resnet20 graph")
     methods = ["esnac", "esnac_untrained", "random"]
@@ -370,7 +368,7 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     entries = pool.get("entries", [])
     if len(entries) < max(args.sizes) + 10:
         raise SystemExit(f"the pool holds {len(entries)} entries: too few for --sizes")
-    space = CompressionSpace.from_model(zoo.build("resnet20", 10))
+    space = CompressionSpace.for_teacher(zoo.build("resnet20", 10))
     rows = space.encode([Action.from_json(e["action"]) for e in entries])
     reward = np.asarray([e["reward"] for e in entries])
     comp = np.asarray([e["compression"] for e in entries])

@@ -62,7 +62,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     teacher = zoo.build(args.teacher, 100)
-    space = CompressionSpace.from_model(teacher, max_layers=128)
+    space = CompressionSpace.for_teacher(teacher, max_layers=128)
     sample_encode, naive, materialize = [], [], []
     for r in range(args.repeats):
         rng = np.random.default_rng(r)

@@ -65,7 +65,10 @@ def _unflatten(skeleton: Any, tensors: dict[str, torch.Tensor]) -> Any:
 def _optimizer_state(opt: torch.optim.Optimizer) -> dict[str, Any]:
     state = opt.state_dict()
     # JSON keys are strings; the optimiser's per-parameter state is keyed by int
-    return {"state": {str(k): v for k, v in state["state"].items()}, "groups": state["param_groups"]}
+    return {
+        "state": {str(k): v for k, v in state["state"].items()},
+        "groups": state["param_groups"],
+    }
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
@@ -111,7 +114,7 @@ def main() -> None:
         "settings": {
             "epochs": args.epochs,
             "optimizer": "SGD momentum 0.9 nesterov, weight decay 5e-4",
-            "schedule": "OneCycleLR max_lr %g pct_start 0.25 (per batch)" % args.lr,
+            "schedule": f"OneCycleLR max_lr {args.lr:g} pct_start 0.25 (per batch)",
             "label_smoothing": args.label_smoothing,
             "batch_size": args.batch_size,
             "augmentation": "random crop pad 4 + horizontal flip",
@@ -146,7 +149,7 @@ def main() -> None:
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += float(loss.detach())
         acc = evaluate(model, data.val)
         card["history"].append(acc)
         card["epoch_seconds"].append(round(time.perf_counter() - t0, 1))

@@ -24,6 +24,7 @@ from torch.nn import functional as F
 
 from workers import zoo
 from workers.data import DatasetSplits, iterate_batches, load_dataset
+from workers.spec import TeacherTraining  # noqa: E402
 from workers.train import evaluate, train_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,11 +81,10 @@ def main() -> None:
         "resnet20",
         splits.num_classes,
         spec,
+        TeacherTraining(
+            epochs=args.max_epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed
+        ),
         splits=splits,
-        epochs=args.max_epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
         device="cpu",
         time_budget_s=args.budget_s,
     )

@@ -71,7 +71,7 @@ def main() -> None:
     splits = load_dataset(args.dataset)
     torch.manual_seed(0)
     teacher = zoo.build(args.teacher, splits.num_classes).eval()
-    space = CompressionSpace.from_model(teacher, splits.input_shape, max_layers=256)
+    space = CompressionSpace.for_teacher(teacher, splits.input_shape, max_layers=256)
     action = Action((), tuple(0.5 for _ in space.shrinkable), (), space.fingerprint)
     x = splits.train.head(args.images).normalized()
 

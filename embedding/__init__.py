@@ -1,44 +1,53 @@
-"""The architecture domain: teacher graph, compression space, embedding, GP and searchers."""
+"""The architecture domain: teacher graph, compression space, LSTM embedding, GP, searchers.
 
-from embedding.encoder import ArchitectureEncoder, EncoderError, EncoderStack
-from embedding.graph import KINDS, Layer, LayerGraph, UnsupportedModelError, trace
-from embedding.kernel import EmbeddingKernel
-from embedding.model import FitReport, FitSettings, build_gp, fit_stack, loo_log_likelihood
-from embedding.reward import compression, model_flops, reward
-from embedding.search import EsnacSearcher, RandomSearcher, Searcher, SearcherError
-from embedding.space import (
-    Action,
-    CompressionSpace,
-    InvalidActionError,
-    StudentNet,
-    TooManyLayersError,
-)
+Public names are loaded on first use (PEP 562), so importing one light module of the package
+(e.g. the settings dataclasses) does not load torch, Ray or BoTorch.
+"""
 
-__all__ = [
-    "KINDS",
-    "Action",
-    "ArchitectureEncoder",
-    "CompressionSpace",
-    "EmbeddingKernel",
-    "EncoderError",
-    "EncoderStack",
-    "EsnacSearcher",
-    "FitReport",
-    "FitSettings",
-    "InvalidActionError",
-    "Layer",
-    "LayerGraph",
-    "RandomSearcher",
-    "Searcher",
-    "SearcherError",
-    "StudentNet",
-    "TooManyLayersError",
-    "UnsupportedModelError",
-    "build_gp",
-    "compression",
-    "fit_stack",
-    "loo_log_likelihood",
-    "model_flops",
-    "reward",
-    "trace",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ArchitectureEncoder": "embedding.encoder",
+    "EncoderError": "embedding.encoder",
+    "EncoderStack": "embedding.encoder",
+    "KINDS": "embedding.graph",
+    "Layer": "embedding.graph",
+    "LayerGraph": "embedding.graph",
+    "UnsupportedModelError": "embedding.graph",
+    "trace": "embedding.graph",
+    "EmbeddingKernel": "embedding.kernel",
+    "FitReport": "embedding.model",
+    "FitSettings": "embedding.model",
+    "build_gp": "embedding.model",
+    "fit_stack": "embedding.model",
+    "loo_log_likelihood": "embedding.model",
+    "EsnacOptions": "embedding.options",
+    "SearcherError": "embedding.options",
+    "compression": "embedding.reward",
+    "model_flops": "embedding.reward",
+    "reward": "embedding.reward",
+    "EsnacSearcher": "embedding.search",
+    "RandomSearcher": "embedding.search",
+    "Searcher": "embedding.search",
+    "Action": "embedding.space",
+    "CompressionSpace": "embedding.space",
+    "InvalidActionError": "embedding.space",
+    "StudentNet": "embedding.space",
+    "TooManyLayersError": "embedding.space",
+    "default_max_layers": "embedding.space",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'embedding' has no attribute {name!r}")
+    loaded = importlib.import_module(module)
+    value = loaded if module.endswith("." + name) else getattr(loaded, name)
+    globals()[name] = value
+    return value

@@ -114,7 +114,11 @@ class LayerGraph:
         return tuple(g for g in range(len(self.group_sizes)) if g not in self.frozen)
 
 
-class _UnionFind:
+class UnionFind:
+    """Disjoint sets of integer elements (path halving; the lower id becomes the root), each
+    with a size and a frozen flag that a union propagates. Used for the teacher's channel
+    groups here and for an action's merged groups in `embedding.space`."""
+
     def __init__(self) -> None:
         self.parent: list[int] = []
         self.size: list[int] = []
@@ -290,7 +294,7 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> Layer
         model.train(was_training)
     modules = dict(gm.named_modules())
 
-    uf = _UnionFind()
+    uf = UnionFind()
     layers: list[Layer] = []
     specs: list[list[tuple[int, int]]] = []  # segments of union-find elements
     spatial: list[int] = []  # flattened spatial size per output (1 unless after a flatten)

@@ -13,10 +13,10 @@ subsets are padded to one length and the padding is masked out of the objective 
 
 The model: BoTorch's stock `SingleTaskGP` with `covar_module=EmbeddingKernel(...)`, over the
 embeddings as a feature representation. The embedding is computed outside the GP (rather than
-putting the LSTM inside the kernel, the deep-kernel pattern that `EmbeddingKernel(encoder=...)`
-also supports) because the searcher embeds the candidates of all 8 kernels in one batched pass of
-the `EncoderStack`; a GP that embedded its own inputs would re-run its LSTM once per kernel and
-per posterior call. Rewards are centred on their mean (zero-mean GP, unit amplitude, fixed noise
+putting the LSTM inside the kernel, GPyTorch's deep-kernel pattern) because the searcher embeds
+the candidates of all 8 kernels in one batched pass of the `EncoderStack`; a GP that embedded its
+own inputs would re-run its LSTM once per kernel and per posterior call. Rewards are centred on
+their mean (zero-mean GP, unit amplitude, fixed noise
 beta), so the paper's alpha and beta keep their meaning on the reward scale.
 """
 

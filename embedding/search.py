@@ -19,13 +19,10 @@ from botorch.acquisition import LogExpectedImprovement
 from embedding.encoder import DEFAULT_TRANSFORM, EncoderError, EncoderStack
 from embedding.kernel import to_unit_cube
 from embedding.model import FitReport, FitSettings, build_gp, fit_stack
+from embedding.options import EsnacOptions, SearcherError
 from embedding.space import Action, CompressionSpace
 
 __all__ = ["EsnacSearcher", "RandomSearcher", "Searcher", "SearcherError"]
-
-
-class SearcherError(ValueError):
-    """Bad use of a searcher (mismatched lengths, non-finite rewards, foreign state)."""
 
 
 class Searcher(ABC):
@@ -176,12 +173,12 @@ class EsnacSearcher(Searcher):
         self,
         space: CompressionSpace,
         *,
-        kernels: int = 8,
-        subset: float = 0.5,
-        candidates: int = 1000,
+        kernels: int = EsnacOptions.kernels,
+        subset: float = EsnacOptions.subset,
+        candidates: int = EsnacOptions.candidates,
         seed: int = 0,
         encoder_init: dict[str, torch.Tensor] | None = None,
-        train_encoder: bool = True,
+        train_encoder: bool = EsnacOptions.train_encoder,
         device: str | torch.device | None = None,
         fit: FitSettings | None = None,
         hidden_size: int = 64,
@@ -190,10 +187,9 @@ class EsnacSearcher(Searcher):
         chunk: int = 125,
     ) -> None:
         super().__init__(space, seed=seed)
-        if kernels < 1 or candidates < 1 or chunk < 1:
-            raise SearcherError("kernels, candidates and chunk must be positive")
-        if not 0.0 < subset <= 1.0:
-            raise SearcherError(f"subset must lie in (0, 1], got {subset}")
+        EsnacOptions(int(kernels), float(subset), int(candidates), bool(train_encoder)).validate()
+        if chunk < 1:
+            raise SearcherError("chunk must be positive")
         self.kernels = int(kernels)
         self.subset = float(subset)
         self.candidates = int(candidates)

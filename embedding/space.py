@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedding.graph import INPUT, KINDS, Layer, LayerGraph, trace
+from embedding.graph import INPUT, KINDS, Layer, LayerGraph, UnionFind, trace
 
 __all__ = [
     "ACTION_FORMAT_VERSION",
@@ -25,8 +25,10 @@ __all__ = [
     "Action",
     "CompressionSpace",
     "InvalidActionError",
+    "PAPER_MAX_LAYERS",
     "StudentNet",
     "TooManyLayersError",
+    "default_max_layers",
 ]
 
 ACTION_FORMAT_VERSION = 1
@@ -187,16 +189,30 @@ class StudentNet(nn.Module):
         return self.layers[str(i)](y)
 
 
+#: The paper's L_max: the encoding has 16 + 2 * 128 numbers per layer.
+PAPER_MAX_LAYERS = 128
+
+
+def default_max_layers(num_layers: int) -> int:
+    """L_max for a teacher of `num_layers` layers: the paper's 128, or the teacher's depth when
+    it is deeper (MobileNetV2 has 152 layers). The one place this policy lives."""
+    return max(PAPER_MAX_LAYERS, int(num_layers))
+
+
 class CompressionSpace:
     """All students reachable from one teacher by the paper's three compression operators.
 
-    Build it with `CompressionSpace.from_model(teacher)`; it keeps a reference to the teacher's
-    weights for `materialize`.
+    Build it with `CompressionSpace.for_teacher(teacher)`; it keeps a reference to the teacher's
+    weights for `materialize`. `max_layers` (L_max, the width of the encoding's connection
+    vectors) defaults to `default_max_layers(...)`: the paper's 128, or the teacher's layer
+    count when it has more, so any teacher works and coordinator and workers agree on it.
     """
 
     def __init__(
-        self, graph: LayerGraph, teacher: nn.Module | None = None, max_layers: int = 128
+        self, graph: LayerGraph, teacher: nn.Module | None = None, max_layers: int | None = None
     ) -> None:
+        if max_layers is None:
+            max_layers = default_max_layers(len(graph.layers))
         if len(graph.layers) > max_layers:
             raise TooManyLayersError(
                 f"the teacher has {len(graph.layers)} layers but max_layers={max_layers}; "
@@ -226,11 +242,14 @@ class CompressionSpace:
 
     # ----------------------------------------------------------------------------- building
     @classmethod
-    def from_model(
-        cls, teacher: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32), max_layers: int = 128
+    def for_teacher(
+        cls,
+        teacher: nn.Module,
+        input_shape: tuple[int, ...] = (3, 32, 32),
+        max_layers: int | None = None,
     ) -> CompressionSpace:
-        """Trace `teacher` and build its space (raises `UnsupportedModelError`,
-        `TooManyLayersError`)."""
+        """Trace `teacher` and build its space with the library's `max_layers` policy (or the
+        given L_max). Raises `UnsupportedModelError`, `TooManyLayersError`."""
         return cls(trace(teacher, input_shape), teacher, max_layers)
 
     def _is_removable(self, layer: Layer) -> bool:
@@ -312,19 +331,10 @@ class CompressionSpace:
     def _resolve(self, action: Action) -> _Resolved:
         self.validate(action)
         g = self.graph
-        n_groups = len(g.group_sizes)
-        parent = list(range(n_groups))
-
-        def find(x: int) -> int:
-            while parent[x] != x:
-                parent[x] = parent[parent[x]]
-                x = parent[x]
-            return x
-
-        def union(a: int, b: int) -> None:
-            ra, rb = find(a), find(b)
-            if ra != rb:
-                parent[max(ra, rb)] = min(ra, rb)
+        uf = UnionFind()
+        for size in g.group_sizes:
+            uf.add(size)
+        find, union = uf.find, uf.union
 
         def join(sa: tuple, sb: tuple) -> None:
             for (ga, _), (gb, _) in zip(sa, sb, strict=True):
@@ -341,7 +351,7 @@ class CompressionSpace:
         keep = np.asarray(g.group_sizes, dtype=np.int64).copy()
         root_keep: dict[int, int] = {}
         frozen_roots = {find(f) for f in g.frozen}
-        for grp in range(n_groups):
+        for grp in range(len(g.group_sizes)):
             root = find(grp)
             if root in root_keep:
                 keep[grp] = root_keep[root]

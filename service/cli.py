@@ -30,6 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
+from service.api.schemas import (
+    EsnacOptions,
+    FullTrainingIn,
+    JobCreate,
+    SearchTrainingIn,
+    TeacherTrain,
+)
 from service.cli_client import (
     RESULT_HEADERS,
     TERMINAL_JOB_STATES,
@@ -116,13 +125,10 @@ def _cmd_teacher_train(args: argparse.Namespace) -> int:
         "arch": args.arch,
         "num_classes": args.num_classes,
         "dataset": args.dataset,
-        "epochs": args.epochs,
-        "lr": args.lr,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
     }
-    if args.max_train_samples is not None:
-        body["max_train_samples"] = args.max_train_samples
+    for opt in ("epochs", "lr", "batch_size", "seed", "max_train_samples"):
+        if getattr(args, opt) is not None:  # unset: the server's default
+            body[opt] = getattr(args, opt)
     with _client(args) as client:
         teacher = client.post("/v1/teachers/train", json=body)
         print(f"teacher {teacher['id']}: training {teacher['arch']} on {teacher['dataset']}")
@@ -202,15 +208,10 @@ def _cmd_teacher_show(args: argparse.Namespace) -> int:
 
 def job_body(args: argparse.Namespace) -> dict[str, Any]:
     """The `POST /v1/jobs` body from `submit` / `demo` options (unset options: server default)."""
-    body: dict[str, Any] = {
-        "teacher_id": args.teacher,
-        "strategy": args.strategy,
-        "steps": args.steps,
-        "per_step": args.per_step,
-        "top_k": args.top_k,
-        "reward": args.reward,
-        "seed": args.seed,
-    }
+    body: dict[str, Any] = {"teacher_id": args.teacher}
+    for opt in ("strategy", "steps", "per_step", "top_k", "reward", "seed"):
+        if getattr(args, opt, None) is not None:
+            body[opt] = getattr(args, opt)
     if getattr(args, "dataset", None):
         body["dataset"] = args.dataset
     if getattr(args, "embedding_from", None) is not None:
@@ -606,6 +607,13 @@ def _stop(server: subprocess.Popen[bytes]) -> None:
 
 
 # ============================================================================ parser
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -627,72 +635,48 @@ def _add_client_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _default(model: type[BaseModel], name: str) -> Any:
+    """A request field's server-side default (which the workers' settings dataclasses define)."""
+    return model.model_fields[name].get_default(call_default_factory=True)
+
+
 def _add_search_options(parser: argparse.ArgumentParser, demo: bool = False) -> None:
+    """Search options; outside the demo each defaults to None (not sent: the server default)."""
+
+    def option(flag: str, demo_value: Any, model: type[BaseModel], name: str, text: str,
+               **kw: Any) -> None:  # fmt: skip
+        if demo and demo_value is not None:
+            g.add_argument(flag, default=demo_value, help=f"{text} (default %(default)s)", **kw)
+        else:
+            server = _default(model, name)
+            g.add_argument(flag, default=None, help=f"{text} (server default: {server})", **kw)
+
     g = parser.add_argument_group("search")
-    g.add_argument("--strategy", choices=("esnac", "random"), default="esnac")
-    g.add_argument(
-        "--steps",
-        type=_positive_int,
-        default=3 if demo else 20,
-        help="search steps (default %(default)s)",
-    )
-    g.add_argument(
-        "--per-step",
-        type=_positive_int,
-        default=2 if demo else 8,
-        help="candidates proposed per step (default %(default)s)",
-    )
-    g.add_argument(
-        "--search-epochs",
-        type=_positive_int,
-        default=2 if demo else None,
-        help="distillation epochs per candidate (server default: 10)",
-    )
-    g.add_argument(
-        "--search-batch-size",
-        type=_positive_int,
-        default=32 if demo else None,
-        help="distillation batch size (server default: 128)",
-    )
-    g.add_argument(
-        "--max-train-samples",
-        type=_positive_int,
-        default=None,
-        help="train each candidate on at most this many images",
-    )
+    option("--strategy", None, JobCreate, "strategy", "search strategy",
+           choices=("esnac", "random"))  # fmt: skip
+    option("--steps", 3, JobCreate, "steps", "search steps", type=_positive_int)
+    option("--per-step", 2, JobCreate, "per_step", "candidates proposed per step",
+           type=_positive_int)  # fmt: skip
+    option("--search-epochs", 2, SearchTrainingIn, "epochs",
+           "distillation epochs per candidate", type=_positive_int)  # fmt: skip
+    option("--search-batch-size", 32, SearchTrainingIn, "batch_size",
+           "distillation batch size", type=_positive_int)  # fmt: skip
+    option("--max-train-samples", None, SearchTrainingIn, "max_train_samples",
+           "train each candidate on at most this many images", type=_positive_int)  # fmt: skip
     g.add_argument("--no-augment", action="store_true", help="no random crop / flip in search")
-    g.add_argument(
-        "--top-k",
-        type=int,
-        default=1 if demo else 4,
-        help="best students fully trained at the end (default %(default)s)",
-    )
-    g.add_argument(
-        "--full-epochs",
-        type=_positive_int,
-        default=2 if demo else None,
-        help="full-training epochs of the top-k (server default: 300)",
-    )
-    g.add_argument(
-        "--full-batch-size",
-        type=_positive_int,
-        default=32 if demo else None,
-        help="full-training batch size (server default: 128)",
-    )
-    g.add_argument("--reward", choices=("params", "flops"), default="params")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument(
-        "--kernels",
-        type=_positive_int,
-        default=None,
-        help="ESNAC: kernels per step (server default: 8)",
-    )
-    g.add_argument(
-        "--candidates",
-        type=_positive_int,
-        default=200 if demo else None,
-        help="ESNAC: random candidates scored per kernel (server default: 1000)",
-    )
+    option("--top-k", 1, JobCreate, "top_k", "best students fully trained at the end",
+           type=_non_negative_int)  # fmt: skip
+    option("--full-epochs", 2, FullTrainingIn, "epochs", "full-training epochs of the top-k",
+           type=_positive_int)  # fmt: skip
+    option("--full-batch-size", 32, FullTrainingIn, "batch_size",
+           "full-training batch size", type=_positive_int)  # fmt: skip
+    option("--reward", None, JobCreate, "reward", "what C is measured on",
+           choices=("params", "flops"))  # fmt: skip
+    option("--seed", 0, JobCreate, "seed", "job seed", type=int)
+    option("--kernels", None, EsnacOptions, "kernels", "ESNAC: kernels per step",
+           type=_positive_int)  # fmt: skip
+    option("--candidates", 200, EsnacOptions, "candidates",
+           "ESNAC: random candidates scored per kernel", type=_positive_int)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -746,11 +730,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", required=True, help="zoo architecture, e.g. resnet20")
     p.add_argument("--dataset", required=True, help="digits, cifar10, cifar100, npz:PATH, ...")
     p.add_argument("--num-classes", type=_positive_int, required=True)
-    p.add_argument("--epochs", type=_positive_int, default=400)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--batch-size", type=_positive_int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-train-samples", type=_positive_int, default=None)
+    for flag, name, kind in (
+        ("--epochs", "epochs", _positive_int),
+        ("--lr", "lr", float),
+        ("--batch-size", "batch_size", _positive_int),
+        ("--seed", "seed", int),
+        ("--max-train-samples", "max_train_samples", _positive_int),
+    ):
+        p.add_argument(
+            flag, type=kind, default=None,
+            help=f"server default: {_default(TeacherTrain, name)}",
+        )  # fmt: skip
     p.add_argument("--wait", action="store_true", help="wait until training finishes")
     _add_client_options(p)
     p.set_defaults(func=_cmd_teacher_train)

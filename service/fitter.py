@@ -57,7 +57,7 @@ def _propose(
     import numpy as np
     import torch
 
-    from service.scheduler import build_space, make_searcher
+    from service.searchers import build_space, make_searcher
 
     torch.set_num_threads(threads)
     space = _SPACES.get(job_key)

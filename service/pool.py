@@ -1,23 +1,44 @@
 """A fixed number of trial-worker slots, each backed by one Ray actor (`RemoteTrialWorker`).
 
 All jobs share the slots (first come, first served), so the cluster's workers are never
-over-subscribed. A slot whose actor died, or was interrupted mid-task, gets a fresh actor.
+over-subscribed. A slot whose actor died, or was interrupted mid-task, gets a fresh actor;
+`WorkerPool.run_with_retries` is the one place that retries a remote call on a fresh actor.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import ray
 
 from service.settings import Settings
+from workers.spec import WorkerError
 
-__all__ = ["Slot", "WorkerPool"]
+__all__ = ["Slot", "WorkerPool", "WorkersDiedError", "error_of"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class WorkersDiedError(Exception):
+    """The worker died on every attempt of a remote call."""
+
+    def __init__(self, what: str, attempts: int, last: BaseException | None) -> None:
+        super().__init__(f"the worker died {attempts} times {what}: {last}")
+        self.attempts = attempts
+        self.last = last
+
+
+def error_of(exc: BaseException) -> tuple[str, str]:
+    """(code, message) of a worker error, also when it arrives wrapped by Ray."""
+    for e in (exc, getattr(exc, "cause", None)):
+        if isinstance(e, WorkerError):
+            return e.code, e.message
+    return "worker_exception", f"{exc.__class__.__name__}: {exc}"
 
 
 @dataclass
@@ -74,6 +95,44 @@ class WorkerPool:
         """Swap a dead actor for a fresh one (the slot stays held by the caller)."""
         self._kill(slot)
         slot.actor = self._new_actor()
+
+    async def run_with_retries(
+        self,
+        call: Callable[[Slot], Awaitable[T]],
+        *,
+        attempts: int,
+        what: str,
+        slot: Slot | None = None,
+    ) -> T:
+        """`await call(slot)`; when the actor dies, replace it and try again, `attempts` times.
+
+        Args:
+            call: the remote call(s) of one attempt on a slot.
+            attempts: how many tries at most (>= 1).
+            what: for the log and the error ("on trial 3", "training teacher 1").
+            slot: a slot the caller holds (kept, and not released here); None: acquire one per
+                attempt and release it afterwards.
+
+        Raises:
+            WorkersDiedError: the actor died on every attempt.
+            Exception: whatever `call` raised other than the actor's death (a worker error).
+        """
+        last: BaseException | None = None
+        for attempt in range(1, attempts + 1):
+            held = slot if slot is not None else await self.acquire()
+            try:
+                return await call(held)
+            except ray.exceptions.RayActorError as e:
+                log.warning("worker died %s (attempt %d): %s", what, attempt, e)
+                self.replace(held)
+                last = e
+            except asyncio.CancelledError:
+                held.dirty = True
+                raise
+            finally:
+                if slot is None:
+                    self.release(held)
+        raise WorkersDiedError(what, attempts, last)
 
     @property
     def free(self) -> int:

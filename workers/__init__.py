@@ -1,62 +1,56 @@
-"""Running one trial: datasets, teacher zoo, distillation training, the Ray actor."""
+"""Running one trial: datasets, teacher zoo, distillation training, the Ray actor.
 
-from workers import zoo
-from workers.actor import RemoteTrialWorker, TrialWorker
-from workers.data import DatasetSplits, ImageTensors, dataset_info, load_dataset
-from workers.export import load_state_safetensors, state_to_safetensors, to_onnx
-from workers.spec import (
-    BadSpecError,
-    FullTraining,
-    SearchTraining,
-    TrainingFailedError,
-    TrialResult,
-    TrialSpec,
-    WorkerError,
-    WorkerOutOfMemoryError,
-)
-from workers.train import (
-    DistillResult,
-    FinetuneResult,
-    TeacherResult,
-    count_flops,
-    count_params,
-    distill,
-    evaluate,
-    finetune,
-    train_teacher,
-)
-from workers.trial import JobContext, JobState, prepare_job, run_trial
+Public names are loaded on first use (PEP 562), so importing one light module of the package
+(e.g. the settings dataclasses) does not load torch, Ray or BoTorch.
+"""
 
-__all__ = [
-    "BadSpecError",
-    "DatasetSplits",
-    "DistillResult",
-    "FinetuneResult",
-    "FullTraining",
-    "ImageTensors",
-    "JobContext",
-    "JobState",
-    "RemoteTrialWorker",
-    "SearchTraining",
-    "TeacherResult",
-    "TrainingFailedError",
-    "TrialResult",
-    "TrialSpec",
-    "TrialWorker",
-    "WorkerError",
-    "WorkerOutOfMemoryError",
-    "count_flops",
-    "count_params",
-    "dataset_info",
-    "distill",
-    "evaluate",
-    "finetune",
-    "load_dataset",
-    "load_state_safetensors",
-    "prepare_job",
-    "run_trial",
-    "state_to_safetensors",
-    "to_onnx",
-    "train_teacher",
-    "zoo",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "zoo": "workers.zoo",
+    "RemoteTrialWorker": "workers.actor",
+    "TrialWorker": "workers.actor",
+    "DatasetSplits": "workers.data",
+    "ImageTensors": "workers.data",
+    "dataset_info": "workers.data",
+    "load_dataset": "workers.data",
+    "load_state_safetensors": "workers.export",
+    "state_to_safetensors": "workers.export",
+    "to_onnx": "workers.export",
+    "BadSpecError": "workers.spec",
+    "FullTraining": "workers.spec",
+    "SearchTraining": "workers.spec",
+    "TeacherTraining": "workers.spec",
+    "TrainingFailedError": "workers.spec",
+    "TrialResult": "workers.spec",
+    "TrialSpec": "workers.spec",
+    "WorkerError": "workers.spec",
+    "WorkerOutOfMemoryError": "workers.spec",
+    "DistillResult": "workers.train",
+    "FinetuneResult": "workers.train",
+    "TeacherResult": "workers.train",
+    "count_params": "workers.train",
+    "distill": "workers.train",
+    "evaluate": "workers.train",
+    "finetune": "workers.train",
+    "train_teacher": "workers.train",
+    "JobContext": "workers.trial",
+    "PreparedJob": "workers.trial",
+    "prepare_job": "workers.trial",
+    "run_trial": "workers.trial",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'workers' has no attribute {name!r}")
+    loaded = importlib.import_module(module)
+    value = loaded if module.endswith("." + name) else getattr(loaded, name)
+    globals()[name] = value
+    return value

@@ -25,11 +25,11 @@ import torch
 from workers import zoo
 from workers.data import load_dataset
 from workers.export import load_state_safetensors
-from workers.spec import BadSpecError, FullTraining
+from workers.spec import BadSpecError, FullTraining, TeacherTraining
 from workers.train import evaluate, resolve_device, train_teacher
 from workers.trial import (
     JobContext,
-    JobState,
+    PreparedJob,
     finetune_student,
     guard,
     prepare_job,
@@ -54,7 +54,7 @@ class TrialWorker:
         if threads is not None:
             torch.set_num_threads(int(threads))
         self.device = resolve_device(device)
-        self._jobs: dict[str, JobState] = {}
+        self._jobs: dict[str, PreparedJob] = {}
 
     def name(self) -> str:
         """`host:pid` of the worker process."""
@@ -95,7 +95,7 @@ class TrialWorker:
             self._jobs[job.job_key] = prepare_job(job, device=self.device)
         return self.name()
 
-    def _job(self, job_key: str) -> JobState:
+    def _job(self, job_key: str) -> PreparedJob:
         state = self._jobs.get(job_key)
         if state is None:
             raise BadSpecError(
@@ -149,13 +149,9 @@ class TrialWorker:
         num_classes: int,
         dataset: str,
         data_dir: str | None,
-        epochs: int,
-        seed: int,
-        lr: float = 0.1,
-        batch_size: int = 128,
-        max_train_samples: int | None = None,
+        training: dict[str, Any],
     ) -> dict[str, Any]:
-        """Train a zoo teacher (the paper's recipe, lr x 0.1 every 100 epochs).
+        """Train a zoo teacher (`training`: `TeacherTraining.to_dict()`).
 
         Returns:
             `{"weights": bytes, "accuracy": float, "metadata": dict, "seconds": float}`.
@@ -166,13 +162,9 @@ class TrialWorker:
                 arch,
                 num_classes,
                 dataset,
+                TeacherTraining.from_dict(training),
                 root=data_dir,
-                epochs=epochs,
-                lr=lr,
-                batch_size=batch_size,
-                seed=seed,
                 device=self.device,
-                max_train_samples=max_train_samples,
             )
         return {
             "weights": res.weights,

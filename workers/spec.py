@@ -7,13 +7,14 @@ Ray's object store, the REST API or the database without pickling user objects.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
 
 __all__ = [
     "BadSpecError",
     "FullTraining",
     "SearchTraining",
+    "TeacherTraining",
     "TrainingFailedError",
     "TrialResult",
     "TrialSpec",
@@ -60,9 +61,38 @@ def _check_positive(name: str, value: float, *, allow_zero: bool = False) -> Non
         raise BadSpecError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
 
 
+_S = TypeVar("_S", bound="_Settings")
+
+
+class _Settings:
+    """Shared behaviour of the settings dataclasses: these classes are the one definition of
+    every default and rule; the REST models and the CLI take theirs from here."""
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload, no-any-return]
+
+    @classmethod
+    def from_dict(cls: type[_S], data: dict[str, Any] | None) -> _S:
+        """Settings from JSON (missing keys take the defaults), validated.
+
+        Raises:
+            BadSpecError: an unknown key or an invalid value.
+        """
+        data = dict(data or {})
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})  # type: ignore[arg-type]
+        if unknown:
+            raise BadSpecError(f"unknown {cls.__name__} settings {unknown}")
+        out = cls(**data)
+        out.validate()
+        return out
+
+
 @dataclass(frozen=True)
-class SearchTraining:
-    """Search-time knowledge distillation (the paper's defaults, DESIGN.md section 3)."""
+class SearchTraining(_Settings):
+    """Search-time knowledge distillation (the paper's defaults, docs/ALGORITHM.md)."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -89,7 +119,7 @@ class SearchTraining:
 
 
 @dataclass(frozen=True)
-class FullTraining:
+class FullTraining(_Settings):
     """Full training of a finished search's best students (the paper: 300 epochs, step 100)."""
 
     epochs: int = 300
@@ -108,6 +138,33 @@ class FullTraining:
         _check_positive("weight_decay", self.weight_decay, allow_zero=True)
         _check_positive("step_every", self.step_every)
         _check_positive("gamma", self.gamma)
+
+
+@dataclass(frozen=True)
+class TeacherTraining(_Settings):
+    """Training a zoo teacher when the user has none (the paper: SGD lr 0.1, 400 epochs, lr x 0.1
+    every 100, momentum 0.9, weight decay 5e-4, batch 128)."""
+
+    epochs: int = 400
+    lr: float = 0.1
+    batch_size: int = 128
+    step_every: int = 100
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    #: Train on at most this many training images (None: all).
+    max_train_samples: int | None = None
+
+    def validate(self) -> None:
+        _check_positive("epochs", self.epochs, allow_zero=True)
+        _check_positive("lr", self.lr)
+        _check_positive("batch_size", self.batch_size)
+        _check_positive("step_every", self.step_every)
+        _check_positive("momentum", self.momentum, allow_zero=True)
+        _check_positive("weight_decay", self.weight_decay, allow_zero=True)
+        _check_positive("seed", self.seed, allow_zero=True)
+        if self.max_train_samples is not None:
+            _check_positive("max_train_samples", self.max_train_samples)
 
 
 @dataclass(frozen=True)

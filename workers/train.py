@@ -1,12 +1,10 @@
 """Training and measuring networks: teacher training, search-time KD, full training, evaluation.
 
-The defaults are the paper's (DESIGN.md section 3):
-    - teacher: SGD lr 0.1, momentum 0.9, weight decay 5e-4, 400 epochs, lr x 0.1 every 100;
-    - search-time distillation: MSE between student and teacher logits, Adam lr 1e-3, weight
-      decay 5e-4, 10 epochs, batch 128, random crop (pad 4) + horizontal flip; the accuracy of a
-      candidate is its best validation accuracy over the epochs;
-    - full training: SGD lr 0.01, momentum 0.9, weight decay 5e-4, lr x 0.1 every 100 epochs,
-      cross-entropy on the labels, starting from the search weights.
+The settings (and their defaults, the paper's: docs/ALGORITHM.md) are the dataclasses of
+`workers.spec`: `TeacherTraining` (SGD, step schedule, cross-entropy), `SearchTraining`
+(distillation: MSE between student and teacher logits, Adam; a candidate's accuracy is its best
+validation accuracy over the epochs) and `FullTraining` (SGD, step schedule, cross-entropy on the
+labels, starting from the search weights); all use random crop (pad 4) + horizontal flip.
 On CUDA, mixed precision (bfloat16 autocast) and channels-last are on by default; on the CPU
 everything runs in plain float32.
 """
@@ -25,18 +23,22 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 from workers import zoo
 from workers.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from workers.export import state_to_safetensors
-from workers.spec import BadSpecError, FullTraining, SearchTraining, TrainingFailedError
+from workers.spec import (
+    BadSpecError,
+    FullTraining,
+    SearchTraining,
+    TeacherTraining,
+    TrainingFailedError,
+)
 
 __all__ = [
     "DistillResult",
     "FinetuneResult",
     "TeacherResult",
-    "count_flops",
     "count_params",
     "distill",
     "evaluate",
@@ -162,20 +164,6 @@ def _mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
 def count_params(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-
-
-def count_flops(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> int:
-    """FLOPs of one forward pass on one image (`torch.utils.flop_counter`, 2 per MAC).
-
-    Args:
-        model: the network (left in its mode and on its device).
-        input_shape: `(C, H, W)`.
-    """
-    x = torch.zeros(1, *(int(s) for s in input_shape), device=_model_device(model))
-    counter = FlopCounterMode(display=False)
-    with _mode(model, False), torch.no_grad(), counter:
-        model(x)
-    return int(counter.get_total_flops())
 
 
 @torch.no_grad()
@@ -452,17 +440,10 @@ def train_teacher(
     arch: str,
     num_classes: int,
     dataset: str,
+    training: TeacherTraining | None = None,
     *,
     root: str | None = None,
-    epochs: int = 400,
-    lr: float = 0.1,
-    batch_size: int = 128,
-    step_every: int = 100,
-    seed: int = 0,
     device: str | torch.device | None = None,
-    max_train_samples: int | None = None,
-    momentum: float = 0.9,
-    weight_decay: float = 5e-4,
     download: bool = False,
     splits: DatasetSplits | None = None,
     amp: bool | None = None,
@@ -475,17 +456,16 @@ def train_teacher(
         arch: a `workers.zoo` name.
         num_classes: must match the dataset.
         dataset: a `load_dataset` spec string (ignored for loading when `splits` is given).
+        training: the schedule (`TeacherTraining()`: the paper's; the lr is multiplied by 0.1
+            every `step_every` epochs) and seed (initialisation, data order, augmentation).
         root: data directory.
-        epochs / lr / batch_size / step_every / momentum / weight_decay: the schedule (lr is
-            multiplied by 0.1 every `step_every` epochs).
-        seed: seeds the initialisation, data order and augmentation.
         device: where to train (default: CUDA when available).
-        max_train_samples: train on at most this many training images.
         download: let torchvision download CIFAR.
         splits: already loaded data (skips `load_dataset`).
-        time_budget_s: train for at most this long (wall clock, validation included), `epochs`
-            being the maximum: the lr drops x0.1 once 3/4 of the budget has passed (instead of
-            every `step_every` epochs) and no epoch starts that would end past the budget.
+        time_budget_s: train for at most this long (wall clock, validation included),
+            `training.epochs` being the maximum: the lr drops x0.1 once 3/4 of the budget has
+            passed (instead of every `step_every` epochs) and no epoch starts that would end
+            past the budget.
 
     Returns:
         The model after the last epoch, its validation accuracy, safetensors weights and metadata.
@@ -494,21 +474,15 @@ def train_teacher(
         BadSpecError: unknown architecture or dataset, wrong `num_classes`, invalid settings.
         TrainingFailedError: the loss became non-finite.
     """
-    for name, value in (("lr", lr), ("momentum", momentum), ("weight_decay", weight_decay)):
-        if not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise BadSpecError(f"{name} must be a finite number >= 0, got {value!r}")
-    if lr == 0:
-        raise BadSpecError("lr must be > 0")
+    training = training or TeacherTraining()
+    training.validate()
     if time_budget_s is not None and not (
         isinstance(time_budget_s, int | float)
         and math.isfinite(time_budget_s)
         and time_budget_s > 0
     ):
         raise BadSpecError(f"time_budget_s must be a positive number, got {time_budget_s!r}")
-    ints = (("epochs", epochs), ("batch_size", batch_size), ("step_every", step_every))
-    for name, ivalue in ints:
-        if int(ivalue) < (0 if name == "epochs" else 1):
-            raise BadSpecError(f"{name} must be a positive integer, got {ivalue!r}")
+    epochs, seed, max_train_samples = training.epochs, training.seed, training.max_train_samples
     dev = resolve_device(device)
     data = splits if splits is not None else load_dataset(dataset, root, download, seed=0)
     if data.num_classes != int(num_classes):
@@ -525,11 +499,11 @@ def train_teacher(
         model,
         data,
         epochs=int(epochs),
-        lr=float(lr),
-        momentum=float(momentum),
-        weight_decay=float(weight_decay),
-        batch_size=int(batch_size),
-        step_every=int(step_every),
+        lr=float(training.lr),
+        momentum=float(training.momentum),
+        weight_decay=float(training.weight_decay),
+        batch_size=int(training.batch_size),
+        step_every=int(training.step_every),
         gamma=0.1,
         seed=seed,
         dev=dev,
@@ -546,12 +520,7 @@ def train_teacher(
         "num_classes": int(num_classes),
         "dataset": dataset,
         "accuracy": acc,
-        "epochs": int(epochs),
-        "lr": float(lr),
-        "batch_size": int(batch_size),
-        "step_every": int(step_every),
-        "seed": int(seed),
-        "max_train_samples": max_train_samples,
+        **training.to_dict(),
         "epochs_run": len(history),
         "time_budget_s": time_budget_s,
         "input_shape": list(data.input_shape),

@@ -1,6 +1,6 @@
 """One trial, in process: teacher + action -> student -> distillation -> metrics and weights.
 
-`run_trial` is what the Ray actor (`workers.actor.TrialWorker`) calls; a `JobState` holds what
+`run_trial` is what the Ray actor (`workers.actor.TrialWorker`) calls; a `PreparedJob` holds what
 all trials of one job share (the teacher, its compression space, the data, the teacher's FLOPs and
 the teacher-logit cache), so the actor builds it once per job.
 """
@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from embedding.graph import UnsupportedModelError, trace
-from embedding.reward import compression, reward
+from embedding.reward import compression, model_flops, reward
 from embedding.space import (
     Action,
     CompressionSpace,
@@ -41,7 +41,6 @@ from workers.spec import (
     WorkerOutOfMemoryError,
 )
 from workers.train import (
-    count_flops,
     count_params,
     distill,
     finetune,
@@ -52,7 +51,7 @@ from workers.train import (
 
 __all__ = [
     "JobContext",
-    "JobState",
+    "PreparedJob",
     "finetune_student",
     "guard",
     "prepare_job",
@@ -73,7 +72,8 @@ class JobContext:
         teacher_accuracy: the teacher's validation accuracy in (0, 1] (the reward divides by it).
         dataset: a `workers.data.load_dataset` spec string.
         data_dir: data directory for the dataset (None: the default).
-        max_layers: the encoding's L_max; 0 means max(128, number of teacher layers).
+        max_layers: the encoding's L_max; 0 means the library's policy
+            (`embedding.space.default_max_layers`), as the coordinator uses.
         download: let torchvision download CIFAR when it is missing.
     """
 
@@ -135,7 +135,7 @@ def guard(what: str, *, wrap_all: bool = False) -> Iterator[None]:
         raise TrainingFailedError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
 
-class JobState:
+class PreparedJob:
     """What the trials of one job share, built once per job and worker.
 
     Attributes:
@@ -160,7 +160,7 @@ class JobState:
         self.space = space
         self.splits = splits
         self.device = device
-        self.teacher_flops = count_flops(teacher, splits.input_shape)
+        self.teacher_flops = model_flops(teacher, splits.input_shape)
         self._logits: torch.Tensor | None = None
 
     @property
@@ -203,7 +203,7 @@ def prepare_job(
     *,
     device: str | torch.device | None = None,
     splits: DatasetSplits | None = None,
-) -> JobState:
+) -> PreparedJob:
     """Build a job's shared state: teacher with weights, compression space, data.
 
     Args:
@@ -235,11 +235,10 @@ def prepare_job(
         )
     try:
         graph = trace(teacher, data.input_shape)
-        max_layers = int(ctx.max_layers) or max(128, len(graph.layers))
-        space = CompressionSpace(graph, teacher, max_layers)
+        space = CompressionSpace(graph, teacher, int(ctx.max_layers) or None)
     except (UnsupportedModelError, TooManyLayersError) as exc:
         raise BadSpecError(str(exc)) from exc
-    return JobState(ctx, teacher, space, data, dev)
+    return PreparedJob(ctx, teacher, space, data, dev)
 
 
 def run_trial(
@@ -247,7 +246,7 @@ def run_trial(
     spec: TrialSpec | dict[str, Any],
     *,
     device: str | torch.device | None = None,
-    cache: JobState | None = None,
+    cache: PreparedJob | None = None,
 ) -> TrialResult:
     """Evaluate one candidate: materialise, distil, measure, reward.
 
@@ -279,7 +278,7 @@ def run_trial(
         seed_everything(spec.seed)
         student = state.student(action)
         params = count_params(student)
-        flops = count_flops(student, state.input_shape)
+        flops = model_flops(student, state.input_shape)
         t_build = time.perf_counter() - t0
         training = spec.training
         logits = state.logits(training.max_train_samples) if training.cache_teacher_logits else None
@@ -320,7 +319,7 @@ def run_trial(
 
 
 def finetune_student(
-    state: JobState,
+    state: PreparedJob,
     action: dict[str, Any] | str,
     weights: bytes | None,
     training: FullTraining,
@@ -358,7 +357,7 @@ def finetune_student(
             "weights": state_to_safetensors(student),
             "onnx": to_onnx(student, state.input_shape),
             "params": count_params(student),
-            "flops": count_flops(student, state.input_shape),
+            "flops": model_flops(student, state.input_shape),
         }
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -1,6 +1,6 @@
 """Ray Tune adapter: run an ESNAC search (any `embedding.search.Searcher`) under `tune.Tuner`.
 
-    space = CompressionSpace.from_model(teacher)
+    space = CompressionSpace.for_teacher(teacher)
     tuner = tune.Tuner(
         trial_trainable(ctx, SearchTraining(epochs=10)),
         tune_config=tune.TuneConfig(

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.artifacts import ArtifactStore
 from service.db import Repository, Storage
-from service.scheduler import Scheduler
 from service.settings import Settings
+
+if TYPE_CHECKING:  # the scheduler (Ray, torch) is loaded by the app's lifespan, not by the API
+    from service.scheduler import Scheduler
 
 __all__ = [
     "ArtifactsDep",

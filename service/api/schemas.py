@@ -11,6 +11,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from embedding.options import EsnacOptions as _Esnac
+from workers.spec import FullTraining as _Full
+from workers.spec import SearchTraining as _Search
+from workers.spec import TeacherTraining as _Teacher
+from workers.spec import WorkerError
+
 __all__ = [
     "EsnacOptions",
     "FinalPublic",
@@ -35,7 +41,18 @@ TeacherStatus = Literal["training", "ready", "failed"]
 
 
 class _In(BaseModel):
+    """A request body. Defaults and cross-field rules come from the worker-side settings
+    dataclasses (`workers.spec`, `embedding.options`); the bounds here are the API's limits."""
+
     model_config = ConfigDict(extra="forbid")
+
+
+def _validated(model: BaseModel, settings: type) -> None:
+    """Apply the settings dataclass's own `validate()` (its rules live there, once)."""
+    try:
+        settings(**model.model_dump()).validate()
+    except (WorkerError, ValueError) as e:
+        raise ValueError(getattr(e, "message", str(e))) from e
 
 
 # ------------------------------------------------------------------------------------ teachers
@@ -45,11 +62,11 @@ class TeacherTrain(_In):
     arch: str = Field(description="a zoo architecture, e.g. resnet20 (GET /v1/teachers/archs)")
     num_classes: int = Field(ge=1, le=100_000)
     dataset: str = Field(min_length=1, description="cifar10, cifar100, digits, npz:<path>, ...")
-    epochs: int = Field(default=400, ge=1, le=5000)
-    lr: float = Field(default=0.1, gt=0, le=10)
-    batch_size: int = Field(default=128, ge=1, le=65536)
-    seed: int = Field(default=0, ge=0, le=2**31 - 1)
-    max_train_samples: int | None = Field(default=None, ge=1)
+    epochs: int = Field(default=_Teacher.epochs, ge=1, le=5000)
+    lr: float = Field(default=_Teacher.lr, gt=0, le=10)
+    batch_size: int = Field(default=_Teacher.batch_size, ge=1, le=65536)
+    seed: int = Field(default=_Teacher.seed, ge=0, le=2**31 - 1)
+    max_train_samples: int | None = Field(default=_Teacher.max_train_samples, ge=1)
 
 
 class TeacherPublic(BaseModel):
@@ -73,43 +90,39 @@ class TeacherPublic(BaseModel):
 class SearchTrainingIn(_In):
     """Search-time distillation of each candidate (defaults: the paper's settings)."""
 
-    epochs: int = Field(default=10, ge=1, le=1000)
-    batch_size: int = Field(default=128, ge=1, le=65536)
-    lr: float = Field(default=1e-3, gt=0, le=10)
-    weight_decay: float = Field(default=5e-4, ge=0, le=1)
-    augment: bool = True
-    max_train_samples: int | None = Field(default=None, ge=1)
-    cache_teacher_logits: bool = False
+    epochs: int = Field(default=_Search.epochs, ge=1, le=1000)
+    batch_size: int = Field(default=_Search.batch_size, ge=1, le=65536)
+    lr: float = Field(default=_Search.lr, gt=0, le=10)
+    weight_decay: float = Field(default=_Search.weight_decay, ge=0, le=1)
+    augment: bool = _Search.augment
+    max_train_samples: int | None = Field(default=_Search.max_train_samples, ge=1)
+    cache_teacher_logits: bool = _Search.cache_teacher_logits
 
     @model_validator(mode="after")
-    def _cache_needs_no_augment(self) -> SearchTrainingIn:
-        if self.cache_teacher_logits and self.augment:
-            raise ValueError(
-                "cache_teacher_logits needs augment=false (augmented images change every "
-                "epoch, so their teacher logits cannot be cached)"
-            )
+    def _rules(self) -> SearchTrainingIn:
+        _validated(self, _Search)
         return self
 
 
 class FullTrainingIn(_In):
     """Full training of the top-k students (defaults: the paper's 300 epochs, step 100)."""
 
-    epochs: int = Field(default=300, ge=1, le=5000)
-    batch_size: int = Field(default=128, ge=1, le=65536)
-    lr: float = Field(default=0.01, gt=0, le=10)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    weight_decay: float = Field(default=5e-4, ge=0, le=1)
-    step_every: int = Field(default=100, ge=1)
-    gamma: float = Field(default=0.1, gt=0, le=1)
+    epochs: int = Field(default=_Full.epochs, ge=1, le=5000)
+    batch_size: int = Field(default=_Full.batch_size, ge=1, le=65536)
+    lr: float = Field(default=_Full.lr, gt=0, le=10)
+    momentum: float = Field(default=_Full.momentum, ge=0, lt=1)
+    weight_decay: float = Field(default=_Full.weight_decay, ge=0, le=1)
+    step_every: int = Field(default=_Full.step_every, ge=1)
+    gamma: float = Field(default=_Full.gamma, gt=0, le=1)
 
 
 class EsnacOptions(_In):
     """Advanced knobs of the ESNAC searcher (defaults: the paper's; ignored by `random`)."""
 
-    kernels: int = Field(default=8, ge=1, le=64)
-    subset: float = Field(default=0.5, gt=0, le=1)
-    candidates: int = Field(default=1000, ge=1, le=100_000)
-    train_encoder: bool = True
+    kernels: int = Field(default=_Esnac.kernels, ge=1, le=64)
+    subset: float = Field(default=_Esnac.subset, gt=0, le=1)
+    candidates: int = Field(default=_Esnac.candidates, ge=1, le=100_000)
+    train_encoder: bool = _Esnac.train_encoder
 
 
 class JobCreate(_In):

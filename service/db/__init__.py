@@ -1,8 +1,18 @@
 """Storage of the coordinator: ORM models, sessions, repository functions, migrations."""
 
-from service.db.domain import Artifact, Job, JobState, Teacher, Trial, TrialState
+from service.db.domain import (
+    TRANSITIONS,
+    Artifact,
+    Job,
+    JobState,
+    Teacher,
+    TeacherState,
+    Trial,
+    TrialState,
+)
 from service.db.storage import (
     BadCursorError,
+    IllegalTransitionError,
     NotFoundError,
     Repository,
     StaleTrialError,
@@ -13,8 +23,10 @@ from service.db.storage import (
 )
 
 __all__ = [
+    "TRANSITIONS",
     "Artifact",
     "BadCursorError",
+    "IllegalTransitionError",
     "Job",
     "JobState",
     "NotFoundError",
@@ -23,6 +35,7 @@ __all__ = [
     "Storage",
     "StorageError",
     "Teacher",
+    "TeacherState",
     "Trial",
     "TrialState",
     "UpdateFinishedJobError",

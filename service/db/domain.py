@@ -7,7 +7,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["Artifact", "Job", "JobState", "Teacher", "Trial", "TrialState"]
+__all__ = [
+    "TRANSITIONS",
+    "Artifact",
+    "Job",
+    "JobState",
+    "Teacher",
+    "TeacherState",
+    "Trial",
+    "TrialState",
+    "next_states",
+]
 
 
 class TrialState(str, enum.Enum):
@@ -17,7 +27,7 @@ class TrialState(str, enum.Enum):
     FAILED = "failed"
 
     def is_finished(self) -> bool:
-        return self in (TrialState.SUCCEEDED, TrialState.FAILED)
+        return not next_states(self)
 
 
 class JobState(str, enum.Enum):
@@ -29,7 +39,50 @@ class JobState(str, enum.Enum):
     CANCELLED = "cancelled"
 
     def is_finished(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+        return not next_states(self)
+
+
+class TeacherState(str, enum.Enum):
+    TRAINING = "training"
+    READY = "ready"
+    FAILED = "failed"
+
+    def is_finished(self) -> bool:
+        return not next_states(self)
+
+
+_T, _J, _H = TrialState, JobState, TeacherState
+
+#: The one table of allowed state changes, per kind of object; the storage refuses every other
+#: one. A state with no successor is finished. RUNNING -> RUNNING is a trial's next attempt.
+#: (One table per enum: the enums are str-valued, so "running" of a job and of a trial would
+#: collide as keys of a single dict.)
+TRANSITIONS: dict[type[enum.Enum], dict[Any, frozenset[Any]]] = {
+    TrialState: {
+        _T.PENDING: frozenset({_T.RUNNING, _T.FAILED}),
+        _T.RUNNING: frozenset({_T.RUNNING, _T.SUCCEEDED, _T.FAILED}),
+        _T.SUCCEEDED: frozenset(),
+        _T.FAILED: frozenset(),
+    },
+    JobState: {
+        _J.QUEUED: frozenset({_J.RUNNING, _J.FAILED, _J.CANCELLED}),
+        _J.RUNNING: frozenset({_J.FINALIZING, _J.FAILED, _J.CANCELLED}),
+        _J.FINALIZING: frozenset({_J.SUCCEEDED, _J.FAILED, _J.CANCELLED}),
+        _J.SUCCEEDED: frozenset(),
+        _J.FAILED: frozenset(),
+        _J.CANCELLED: frozenset(),
+    },
+    TeacherState: {
+        _H.TRAINING: frozenset({_H.READY, _H.FAILED}),
+        _H.READY: frozenset(),
+        _H.FAILED: frozenset(),
+    },
+}
+
+
+def next_states(state: TrialState | JobState | TeacherState) -> frozenset[Any]:
+    """The states `state` may change to (empty: finished)."""
+    return TRANSITIONS[type(state)][state]
 
 
 @dataclass(frozen=True)
@@ -48,7 +101,7 @@ class Teacher:
     arch: str
     num_classes: int
     dataset: str
-    status: str
+    status: TeacherState
     source: str
     accuracy: float | None
     params: int

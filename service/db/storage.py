@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -17,7 +18,16 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from service.db.domain import Artifact, Job, JobState, Teacher, Trial, TrialState
+from service.db.domain import (
+    Artifact,
+    Job,
+    JobState,
+    Teacher,
+    TeacherState,
+    Trial,
+    TrialState,
+    next_states,
+)
 from service.db.models import ArtifactModel, JobModel, TeacherModel, TrialModel
 
 __all__ = [
@@ -26,6 +36,7 @@ __all__ = [
     "Repository",
     "StaleTrialError",
     "Storage",
+    "IllegalTransitionError",
     "StorageError",
     "UpdateFinishedJobError",
     "UpdateFinishedTrialError",
@@ -44,7 +55,27 @@ class NotFoundError(StorageError):
     """No row with that id."""
 
 
-class UpdateFinishedTrialError(StorageError):
+class IllegalTransitionError(StorageError):
+    """A state change that `service.db.domain.TRANSITIONS` does not allow."""
+
+
+def _check_move(
+    what: str, current: TrialState | JobState | TeacherState, target: enum.Enum
+) -> None:
+    """Raise unless `TRANSITIONS` allows `current -> target` (finished states: the specific
+    `UpdateFinished*Error`)."""
+    if target in next_states(current):
+        return
+    message = f"{what} is {current.value}; it cannot become {target.value}"
+    if not next_states(current):
+        if isinstance(current, TrialState):
+            raise UpdateFinishedTrialError(message)
+        if isinstance(current, JobState):
+            raise UpdateFinishedJobError(message)
+    raise IllegalTransitionError(message)
+
+
+class UpdateFinishedTrialError(IllegalTransitionError):
     """A finished trial (succeeded/failed) cannot change state again."""
 
 
@@ -52,7 +83,7 @@ class StaleTrialError(StorageError):
     """The trial was re-dispatched since: this attempt lost the race and its result is ignored."""
 
 
-class UpdateFinishedJobError(StorageError):
+class UpdateFinishedJobError(IllegalTransitionError):
     """A finished job (succeeded/failed/cancelled) cannot change state again."""
 
 
@@ -158,7 +189,8 @@ def _artifact(m: ArtifactModel) -> Artifact:
 
 def _teacher(m: TeacherModel) -> Teacher:
     return Teacher(
-        id=m.id, arch=m.arch, num_classes=m.num_classes, dataset=m.dataset, status=m.status,
+        id=m.id, arch=m.arch, num_classes=m.num_classes, dataset=m.dataset,
+        status=TeacherState(m.status),
         source=m.source, accuracy=m.accuracy, params=m.params, input_shape=tuple(m.input_shape),
         train_settings=m.train_settings, weights_id=m.weights_id, error=m.error,
         created_at=m.created_at, updated_at=m.updated_at,
@@ -226,7 +258,7 @@ class Repository:
         arch: str,
         num_classes: int,
         dataset: str,
-        status: str,
+        status: TeacherState,
         source: str,
         params: int,
         input_shape: Sequence[int],
@@ -236,7 +268,8 @@ class Repository:
     ) -> Teacher:
         now = utcnow()
         m = TeacherModel(
-            arch=arch, num_classes=num_classes, dataset=dataset, status=status, source=source,
+            arch=arch, num_classes=num_classes, dataset=dataset, status=TeacherState(status).value,
+            source=source,
             accuracy=accuracy, params=params, input_shape=list(input_shape),
             train_settings=train_settings, weights_id=weights_id, created_at=now, updated_at=now,
         )  # fmt: skip
@@ -252,10 +285,10 @@ class Repository:
             raise NotFoundError(f"teacher {teacher_id} not found")
         return _teacher(m)
 
-    def list_teachers(self, status: str | None = None) -> list[Teacher]:
+    def list_teachers(self, status: TeacherState | None = None) -> list[Teacher]:
         q = select(TeacherModel).order_by(TeacherModel.id)
         if status is not None:
-            q = q.where(TeacherModel.status == status)
+            q = q.where(TeacherModel.status == TeacherState(status).value)
         return [_teacher(m) for m in self._s.scalars(q)]
 
     def finish_teacher(
@@ -270,12 +303,13 @@ class Repository:
         m = self._s.get(TeacherModel, teacher_id, with_for_update=True)
         if m is None:
             raise NotFoundError(f"teacher {teacher_id} not found")
-        if m.status != "training":
-            raise StorageError(f"teacher {teacher_id} is {m.status}, not training")
+        target = TeacherState.READY if error is None else TeacherState.FAILED
+        _check_move(f"teacher {teacher_id}", TeacherState(m.status), target)
         if error is None:
-            m.status, m.weights_id, m.accuracy = "ready", weights_id, accuracy
+            m.weights_id, m.accuracy = weights_id, accuracy
         else:
-            m.status, m.error = "failed", error
+            m.error = error
+        m.status = target.value
         m.updated_at = utcnow()
         return _teacher(m)
 
@@ -319,8 +353,7 @@ class Repository:
         m = self._s.get(JobModel, job_id, with_for_update=True)
         if m is None:
             raise NotFoundError(f"job {job_id} not found")
-        if JobState(m.status).is_finished():
-            raise UpdateFinishedJobError(f"job {job_id} is already {m.status}")
+        _check_move(f"job {job_id}", JobState(m.status), state)
         now = utcnow()
         m.status = state.value
         if state is JobState.RUNNING and m.started_at is None:
@@ -386,8 +419,14 @@ class Repository:
         now = utcnow()
         models = [
             TrialModel(
-                job_id=job_id, number=int(start or 0) + k, status=TrialState.PENDING.value,
-                action=dict(a), attempts=0, history=[], seconds={}, created_at=now,
+                job_id=job_id,
+                number=int(start or 0) + k,
+                status=TrialState.PENDING.value,
+                action=dict(a),
+                attempts=0,
+                history=[],
+                seconds={},
+                created_at=now,
                 updated_at=now,
             )  # fmt: skip
             for k, a in enumerate(actions)
@@ -445,7 +484,7 @@ class Repository:
         new_attempt: bool = False,
         **values: Any,
     ) -> Trial:
-        """The one function that changes a trial's state; it locks the row first.
+        """Change one trial's state (row locked; `_check_move` enforces `TRANSITIONS`).
 
         Args:
             trial_id: the trial.
@@ -466,8 +505,7 @@ class Repository:
         m = self._s.get(TrialModel, trial_id, with_for_update=True)
         if m is None:
             raise NotFoundError(f"trial {trial_id} not found")
-        if TrialState(m.status).is_finished():
-            raise UpdateFinishedTrialError(f"trial {trial_id} is already {m.status}")
+        _check_move(f"trial {trial_id}", TrialState(m.status), state)
         if expect_attempts is not None and m.attempts != expect_attempts:
             raise StaleTrialError(
                 f"trial {trial_id} is on attempt {m.attempts}, not {expect_attempts}"
@@ -498,6 +536,7 @@ class Repository:
         now = utcnow()
         n = 0
         for m in self._s.scalars(q):
+            _check_move(f"trial {m.id}", TrialState(m.status), TrialState.FAILED)
             m.status, m.error_code, m.error = TrialState.FAILED.value, code, message
             m.finished_at = m.updated_at = now
             n += 1

@@ -18,7 +18,7 @@ from workers import zoo
 
 @pytest.fixture(scope="module")
 def rows() -> torch.Tensor:
-    space = CompressionSpace.from_model(zoo.build("resnet20", 10))
+    space = CompressionSpace.for_teacher(zoo.build("resnet20", 10))
     rng = np.random.default_rng(0)
     return space.encode([space.sample(rng) for _ in range(9)])
 

@@ -77,7 +77,7 @@ def test_marginal_likelihood_matches_gpytorch() -> None:
 
 @pytest.fixture(scope="module")
 def space() -> CompressionSpace:
-    return CompressionSpace.from_model(zoo.build("resnet20", 10))
+    return CompressionSpace.for_teacher(zoo.build("resnet20", 10))
 
 
 def _small_stack(space: CompressionSpace, k: int, seed: int = 0) -> EncoderStack:

@@ -19,7 +19,7 @@ def test_reward_formula() -> None:
 
 
 def test_flops_variant_on_a_real_student() -> None:
-    space = CompressionSpace.from_model(zoo.build("resnet20", 10))
+    space = CompressionSpace.for_teacher(zoo.build("resnet20", 10))
     teacher = space.materialize(space.empty_action())
     student = space.materialize(space.sample(np.random.default_rng(0)))
     t_flops, s_flops = model_flops(teacher), model_flops(student)

@@ -29,7 +29,7 @@ SMALL = {
 
 @pytest.fixture(scope="module")
 def space() -> CompressionSpace:
-    return CompressionSpace.from_model(zoo.build("resnet20", 10))
+    return CompressionSpace.for_teacher(zoo.build("resnet20", 10))
 
 
 def _make(kind: str, space: CompressionSpace, seed: int = 0) -> Searcher:
@@ -93,7 +93,7 @@ class TestSearcherContract:
         assert [a.key for a in restored.suggest(3)] == [a.key for a in s.suggest(3)]
 
     def test_foreign_state_is_refused(self, kind: str, space: CompressionSpace) -> None:
-        other = CompressionSpace.from_model(zoo.build("resnet56", 10), max_layers=256)
+        other = CompressionSpace.for_teacher(zoo.build("resnet56", 10), max_layers=256)
         with pytest.raises(SearcherError):
             _make(kind, space).load_state_dict(_make(kind, other).state_dict())
 
@@ -136,7 +136,7 @@ def test_encoder_export_and_transfer(space: CompressionSpace) -> None:
     weights = s.encoder_state()
     assert weights is not None and all(isinstance(v, torch.Tensor) for v in weights.values())
     # Transfer to a bigger teacher with the same max_layers: no training, same weights used.
-    big = CompressionSpace.from_model(zoo.build("resnet34", 10))
+    big = CompressionSpace.for_teacher(zoo.build("resnet34", 10))
     t = EsnacSearcher(big, seed=2, encoder_init=weights, train_encoder=False, **SMALL)  # type: ignore[arg-type]
     first = t.suggest(4)
     t.observe(first, [0.1, 0.2, 0.3, 0.4])

@@ -39,7 +39,7 @@ def bench():  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def space() -> CompressionSpace:
-    return CompressionSpace.from_model(zoo.build("resnet20", 10))
+    return CompressionSpace.for_teacher(zoo.build("resnet20", 10))
 
 
 def synthetic_pool(space: CompressionSpace, n: int = 24) -> dict:  # type: ignore[type-arg]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from embedding import Action, CompressionSpace, InvalidActionError, TooManyLayersError
-from embedding.space import REMOVE_PROBS
+from embedding.space import PAPER_MAX_LAYERS, REMOVE_PROBS, default_max_layers
 from tests.embedding.test_graph import Residual
 from workers import zoo
 
@@ -32,7 +32,7 @@ def _space(name: str) -> tuple[nn.Module, CompressionSpace]:
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.1, 0.1)
-    return teacher, CompressionSpace.from_model(teacher, max_layers=256)
+    return teacher, CompressionSpace.for_teacher(teacher, max_layers=256)
 
 
 @pytest.mark.slow
@@ -102,7 +102,7 @@ def test_sampling_follows_the_papers_distributions() -> None:
 
 
 def test_encoding_rows_match_hand_computed_values() -> None:
-    space = CompressionSpace.from_model(Residual(), max_layers=16)
+    space = CompressionSpace.for_teacher(Residual(), max_layers=16)
     assert space.row_size == 48 and space.num_layers == 9
     # Skip (0, 3): conv1's output also feeds conv2; remove bn2 (layer 4); halve the one group.
     assert (0, 3) in space.skip_candidates and 4 in space.removable
@@ -166,7 +166,15 @@ def test_foreign_and_malformed_actions_are_refused() -> None:
 
 def test_too_many_layers_is_a_clear_error() -> None:
     with pytest.raises(TooManyLayersError, match="max_layers"):
-        CompressionSpace.from_model(zoo.build("resnet56", 10), max_layers=128)
+        CompressionSpace.for_teacher(zoo.build("resnet56", 10), max_layers=128)
+
+
+def test_any_depth_works_through_the_default_call() -> None:
+    """MobileNetV2 (152 layers) needs no max_layers argument: the library picks L_max."""
+    deep = CompressionSpace.for_teacher(zoo.build("mobilenetv2", 10))
+    assert deep.num_layers > PAPER_MAX_LAYERS and deep.max_layers == deep.num_layers
+    shallow = CompressionSpace.for_teacher(zoo.build("resnet20", 10))
+    assert shallow.max_layers == PAPER_MAX_LAYERS == default_max_layers(shallow.num_layers)
 
 
 def test_unknown_zoo_name_lists_known_ones() -> None:

@@ -58,7 +58,7 @@ def _live(tmp: Path, url: str) -> Iterator[Live]:
     """An API-only server on `url` (migrated here) holding a teacher, a job and two trials."""
     from service.artifacts import ArtifactStore
     from service.db import Storage, TrialState
-    from service.scheduler import build_space
+    from service.searchers import build_space
 
     upgrade(url)
     env = server_env(

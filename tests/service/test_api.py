@@ -56,9 +56,11 @@ def _stored(settings: Settings) -> tuple[int, list[str]]:
     with s.session() as repo:
         n = len(repo.list_teachers())
     s.dispose()
-    files = sorted(p.name for p in settings.artifact_dir.glob("*")) if (
-        settings.artifact_dir.exists()
-    ) else []
+    files = (
+        sorted(p.name for p in settings.artifact_dir.glob("*"))
+        if (settings.artifact_dir.exists())
+        else []
+    )
     return n, files
 
 
@@ -93,7 +95,12 @@ def test_upload_measures_accuracy_when_not_given(client: TestClient, resnet20_by
 @pytest.mark.parametrize(
     "kind",
     [
-        "pickle", "torch_save", "truncated", "wrong_shape", "wrong_keys", "too_large",
+        "pickle",
+        "torch_save",
+        "truncated",
+        "wrong_shape",
+        "wrong_keys",
+        "too_large",
         "way_too_large",
     ],  # fmt: skip
 )
@@ -167,7 +174,7 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
         ({"teacher_id": teacher["id"], "embedding_from": 5}, "not found"),
         ({"teacher_id": teacher["id"], "dataset": "cifar100"}, "has 100 classes"),
         ({"teacher_id": teacher["id"], "bogus": 1}, "Extra inputs"),
-        ({"teacher_id": teacher["id"], "search": {"cache_teacher_logits": True}}, "augment=false"),
+        ({"teacher_id": teacher["id"], "search": {"cache_teacher_logits": True}}, "augment=False"),
     ]
     for body, needle in bad:
         r = client.post("/v1/jobs", json=body, headers=AUTH)

@@ -83,8 +83,20 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_register_missing_file(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
-    code = main(["teacher", "register", "--arch", "resnet20", "--num-classes", "10",
-                 "--dataset", "digits", "--weights", str(tmp_path / "nope.safetensors")])
+    code = main(
+        [
+            "teacher",
+            "register",
+            "--arch",
+            "resnet20",
+            "--num-classes",
+            "10",
+            "--dataset",
+            "digits",
+            "--weights",
+            str(tmp_path / "nope.safetensors"),
+        ]
+    )
     assert code == 1
     assert "nope.safetensors does not exist" in capsys.readouterr().err
 
@@ -108,16 +120,14 @@ def test_db_check_names_the_fix(capsys: pytest.CaptureFixture[str], tmp_path) ->
 
 def test_submit_body_only_sets_given_options() -> None:
     args = build_parser().parse_args(["submit", "--teacher", "3"])
-    assert job_body(args) == {
-        "teacher_id": 3, "strategy": "esnac", "steps": 20, "per_step": 8, "top_k": 4,
-        "reward": "params", "seed": 0,
-    }  # fmt: skip
+    assert job_body(args) == {"teacher_id": 3}  # everything else: the server's defaults
     args = build_parser().parse_args(
         ["submit", "--teacher", "3", "--strategy", "random", "--search-epochs", "2",
          "--max-train-samples", "256", "--no-augment", "--full-epochs", "5", "--kernels", "4",
          "--dataset", "digits", "--embedding-from", "7"]
     )  # fmt: skip
     body = job_body(args)
+    assert body["strategy"] == "random" and "steps" not in body
     assert body["search"] == {"epochs": 2, "max_train_samples": 256, "augment": False}
     assert body["full_training"] == {"epochs": 5}
     assert body["searcher"] == {"kernels": 4}

@@ -85,7 +85,7 @@ def test_register_submit_watch_results_export(
                             "--url", server.url)  # fmt: skip
         assert code == 0 and "wrote final weights" in out
         action = Action.from_json(json.loads(Path(f"{best}.action.json").read_text()))
-        student = CompressionSpace.from_model(teacher).materialize(action)
+        student = CompressionSpace.for_teacher(teacher).materialize(action)
         load_state_safetensors(student, best.read_bytes(), strict=True)
 
         code, out, _ = _run(capsys, "export", str(ranked[0]["id"]), "--format", "onnx",

@@ -71,7 +71,7 @@ def test_esnac_job_end_to_end(servers: list[Server], server_env, tmp_path: Path)
     import torch
 
     from embedding.space import Action
-    from service.scheduler import build_space
+    from service.searchers import build_space
     from workers.data import load_dataset
     from workers.export import load_state_safetensors
     from workers.train import evaluate
@@ -98,6 +98,17 @@ def test_esnac_job_end_to_end(servers: list[Server], server_env, tmp_path: Path)
     assert r.status_code == 201, r.text
     job = _wait(c, f"/v1/jobs/{r.json()['id']}", _finished, 300)
     assert job["status"] == "succeeded", (job, server.log.read_text()[-3000:])
+    # Regression: with 2 workers both proposals of `steps=1, per_step=2` come before any
+    # observation, so nothing is fitted; the job must still succeed (it once failed storing the
+    # encoder after every trial had succeeded).
+    r = c.post("/v1/jobs", json={
+        "teacher_id": teacher["id"], "strategy": "esnac", "steps": 1, "per_step": 2,
+        "search": {"epochs": 1, "max_train_samples": 128, "batch_size": 64}, "top_k": 0,
+        "searcher": {"kernels": 2, "candidates": 50},
+    })  # fmt: skip
+    small = _wait(c, f"/v1/jobs/{r.json()['id']}", _finished, 300)
+    assert small["status"] == "succeeded", (small, server.log.read_text()[-3000:])
+    assert small["progress"]["succeeded"] == 2 and small["has_encoder"] is False
     assert job["progress"]["succeeded"] == 4 and job["progress"]["finalized"] == 1
     assert job["has_encoder"]
     trials = _all_trials(c, job["id"])

@@ -1,4 +1,5 @@
-"""Scheduler pieces that need no Ray: seeds, the teacher's space, searcher rebuild on resume."""
+"""Coordinator pieces that need no Ray: seeds, the teacher's space, searcher rebuild on resume,
+the stored encoder."""
 
 from __future__ import annotations
 
@@ -12,12 +13,13 @@ import torch
 from embedding.space import Action
 from service.db import Job, JobState
 from service.fitter import Fitter
-from service.scheduler import (
+from service.runner import in_daemon_thread, trial_seed
+from service.searchers import (
     build_space,
     canonical_order,
-    in_daemon_thread,
+    encoder_bytes,
+    encoder_from_bytes,
     make_searcher,
-    trial_seed,
 )
 from workers import zoo
 from workers.export import state_to_safetensors
@@ -51,11 +53,26 @@ def test_trial_seeds_are_stable_and_distinct() -> None:
     assert trial_seed(8, 0) != trial_seed(7, 0)
 
 
+def test_encoder_bytes_before_and_after_a_fit(space) -> None:
+    esnac = make_searcher(_job("esnac"), space)
+    rng = np.random.default_rng(0)
+    esnac.observe([space.sample(rng) for _ in range(2)], [0.2, 0.3])
+    assert encoder_bytes(esnac) is None  # observed, but never fitted: nothing to store
+    assert encoder_bytes(make_searcher(_job("random"), space)) is None
+    esnac.observe([space.sample(rng) for _ in range(2)], [0.25, 0.35])
+    esnac.suggest(1)
+    data = encoder_bytes(esnac)
+    assert data is not None
+    learned = esnac.encoder_state()
+    assert learned is not None
+    restored = encoder_from_bytes(data)
+    assert restored.keys() == learned.keys()
+    assert all(torch.equal(restored[k], learned[k]) for k in learned)
+
+
 def test_space_matches_the_workers_max_layers(space) -> None:
     assert space.max_layers == max(128, space.num_layers)
-    big = build_space(
-        "resnet56", 10, state_to_safetensors(zoo.build("resnet56", 10)), (3, 32, 32)
-    )
+    big = build_space("resnet56", 10, state_to_safetensors(zoo.build("resnet56", 10)), (3, 32, 32))
     assert big.num_layers > 128 and big.max_layers == big.num_layers
 
 
@@ -90,9 +107,7 @@ def test_resumed_searcher_proposes_what_the_original_would(
     # ... proposed in the fit process, as the scheduler does
     fitter = Fitter(threads=1)
     try:
-        got = asyncio.run(
-            fitter.propose(resumed, job, "job-1", teacher_args, 2, [job.seed, 5])
-        )
+        got = asyncio.run(fitter.propose(resumed, job, "job-1", teacher_args, 2, [job.seed, 5]))
     finally:
         fitter.shutdown()
     assert [a.key for a in got] == [a.key for a in want]
@@ -125,7 +140,7 @@ def test_fits_run_off_the_event_loop_and_do_not_block_exit() -> None:
     asyncio.run(main())
     code = (
         "import asyncio, time\n"
-        "from service.scheduler import in_daemon_thread\n"
+        "from service.runner import in_daemon_thread\n"
         "async def main():\n"
         "    asyncio.create_task(in_daemon_thread(time.sleep, 60))\n"
         "    await asyncio.sleep(0.1)\n"

@@ -8,14 +8,17 @@ from datetime import timedelta
 import pytest
 
 from service.db import (
+    IllegalTransitionError,
     JobState,
     NotFoundError,
     StaleTrialError,
     Storage,
+    TeacherState,
     TrialState,
     UpdateFinishedJobError,
     UpdateFinishedTrialError,
 )
+from service.db.domain import next_states
 from service.db.migrate import SchemaError, check, current, head, upgrade
 
 
@@ -174,3 +177,59 @@ def test_orm_models_match_the_migrations(db_url: str) -> None:
     finally:
         engine.dispose()
     assert diff == []
+
+
+ILLEGAL_JOB_MOVES = [(a, b) for a in JobState for b in JobState if b not in next_states(a)]
+
+
+def _drive_job(repo, job_id: int, to: JobState) -> None:
+    path = {
+        JobState.QUEUED: [],
+        JobState.RUNNING: [JobState.RUNNING],
+        JobState.FINALIZING: [JobState.RUNNING, JobState.FINALIZING],
+        JobState.SUCCEEDED: [JobState.RUNNING, JobState.FINALIZING, JobState.SUCCEEDED],
+        JobState.FAILED: [JobState.FAILED],
+        JobState.CANCELLED: [JobState.CANCELLED],
+    }[to]
+    for state in path:
+        repo.set_job_state(job_id, state)
+
+
+@pytest.mark.parametrize(("src", "dst"), ILLEGAL_JOB_MOVES, ids=lambda s: s.value)
+def test_every_illegal_job_transition_is_refused(storage: Storage, src, dst) -> None:
+    job_id = _job(storage)
+    with storage.session() as repo:
+        _drive_job(repo, job_id, src)
+    with storage.session() as repo, pytest.raises(IllegalTransitionError, match="cannot become"):
+        repo.set_job_state(job_id, dst)
+    with storage.session() as repo:
+        assert repo.get_job(job_id).status is src  # nothing changed
+
+
+def test_every_illegal_trial_transition_is_refused(storage: Storage) -> None:
+    job_id = _job(storage, n_trials=1)
+    with storage.session() as repo:
+        trial = repo.job_trials(job_id)[0]
+        for dst in (TrialState.PENDING, TrialState.SUCCEEDED):  # pending -> only running/failed
+            with pytest.raises(IllegalTransitionError):
+                repo.update_trial(trial.id, dst)
+        repo.update_trial(trial.id, TrialState.RUNNING, new_attempt=True)
+        with pytest.raises(IllegalTransitionError):
+            repo.update_trial(trial.id, TrialState.PENDING)
+        repo.update_trial(trial.id, TrialState.SUCCEEDED, reward=0.5)
+        for dst in TrialState:
+            with pytest.raises(UpdateFinishedTrialError):
+                repo.update_trial(trial.id, dst)
+
+
+def test_teacher_transitions(storage: Storage) -> None:
+    with storage.session() as repo:
+        t = repo.create_teacher(
+            arch="resnet20", num_classes=10, dataset="digits", status=TeacherState.TRAINING,
+            source="trained", params=1, input_shape=(3, 32, 32),
+        )  # fmt: skip
+        assert repo.list_teachers(status=TeacherState.TRAINING)[0].id == t.id
+        done = repo.finish_teacher(t.id, error="boom")
+        assert done.status is TeacherState.FAILED and done.status.is_finished()
+        with pytest.raises(IllegalTransitionError, match="failed; it cannot become ready"):
+            repo.finish_teacher(t.id, weights_id=None, accuracy=0.5)

@@ -13,7 +13,7 @@ from workers.spec import BadSpecError
 @pytest.fixture(scope="module")
 def space() -> CompressionSpace:
     torch.manual_seed(0)
-    return CompressionSpace.from_model(zoo.build("resnet20", 10))
+    return CompressionSpace.for_teacher(zoo.build("resnet20", 10))
 
 
 def half(space: CompressionSpace) -> Action:

@@ -5,12 +5,18 @@ import time
 import pytest
 import torch
 
+from embedding.reward import model_flops
 from embedding.space import Action, CompressionSpace
 from workers import zoo
 from workers.data import DatasetSplits, load_dataset
-from workers.spec import BadSpecError, FullTraining, SearchTraining, TrainingFailedError
+from workers.spec import (
+    BadSpecError,
+    FullTraining,
+    SearchTraining,
+    TeacherTraining,
+    TrainingFailedError,
+)
 from workers.train import (
-    count_flops,
     count_params,
     distill,
     evaluate,
@@ -26,7 +32,7 @@ def digits() -> DatasetSplits:
 
 
 def half_student(teacher: torch.nn.Module) -> tuple[CompressionSpace, torch.nn.Module]:
-    space = CompressionSpace.from_model(teacher)
+    space = CompressionSpace.for_teacher(teacher)
     action = Action((), tuple(0.5 for _ in space.shrinkable), (), space.fingerprint)
     return space, space.materialize(action)
 
@@ -39,7 +45,7 @@ def test_counts_match_the_space_and_shrink_with_the_student() -> None:
     assert count_params(student) == space.num_params(
         Action((), tuple(0.5 for _ in space.shrinkable), (), space.fingerprint)
     )
-    t_flops, s_flops = count_flops(teacher, (3, 32, 32)), count_flops(student, (3, 32, 32))
+    t_flops, s_flops = model_flops(teacher, (3, 32, 32)), model_flops(student, (3, 32, 32))
     # resnet20 is ~41 M multiply-adds per 32x32 image; halving every width leaves ~1/4.
     assert 75e6 < t_flops < 90e6
     assert 0.2 < s_flops / t_flops < 0.3
@@ -105,11 +111,11 @@ def test_bad_settings_are_refused(digits: DatasetSplits) -> None:
     with pytest.raises(BadSpecError, match="lr"):
         finetune(student, digits, FullTraining(lr=-1.0), seed=0)
     with pytest.raises(BadSpecError, match="unknown teacher architecture 'resnet7'"):
-        train_teacher("resnet7", 10, "digits", splits=digits, epochs=1)
+        train_teacher("resnet7", 10, "digits", TeacherTraining(epochs=1), splits=digits)
     with pytest.raises(BadSpecError, match="has 10 classes but num_classes=100"):
-        train_teacher("resnet20", 100, "digits", splits=digits, epochs=1)
+        train_teacher("resnet20", 100, "digits", TeacherTraining(epochs=1), splits=digits)
     with pytest.raises(BadSpecError, match="lr must be a finite number"):
-        train_teacher("resnet20", 10, "digits", splits=digits, lr=float("nan"))
+        train_teacher("resnet20", 10, "digits", TeacherTraining(lr=float("nan")), splits=digits)
     with pytest.raises(BadSpecError, match="CUDA is not available"):
         distill(student, teacher, digits, SearchTraining(), seed=0, device="cuda:3")
 
@@ -131,7 +137,12 @@ def test_finetune_trains_with_labels_and_reports_each_epoch(digits: DatasetSplit
 def test_teacher_time_budget_bounds_the_training(digits: DatasetSplits) -> None:
     small = DatasetSplits(digits.train.head(32), digits.val.head(32), None, 10, (3, 32, 32), "d")
     res = train_teacher(
-        "resnet20", 10, "d", splits=small, epochs=1000, batch_size=32, time_budget_s=1.0
+        "resnet20",
+        10,
+        "d",
+        TeacherTraining(epochs=1000, batch_size=32),
+        splits=small,
+        time_budget_s=1.0,
     )
     assert 1 <= len(res.history) < 1000 and res.metadata["epochs_run"] == len(res.history)
     with pytest.raises(BadSpecError, match="time_budget_s"):
@@ -146,11 +157,8 @@ def test_digits_teacher_and_half_width_student_reach_the_targets(digits: Dataset
         "resnet20",
         10,
         "digits",
+        TeacherTraining(epochs=5, batch_size=32, lr=0.05, step_every=4),
         splits=digits,
-        epochs=5,
-        batch_size=32,
-        lr=0.05,
-        step_every=4,
         device="cpu",
     )
     t_teacher = time.perf_counter() - t0

@@ -18,7 +18,7 @@ from workers.spec import (
     TrialSpec,
     WorkerOutOfMemoryError,
 )
-from workers.trial import JobContext, JobState, finetune_student, guard, prepare_job, run_trial
+from workers.trial import JobContext, PreparedJob, finetune_student, guard, prepare_job, run_trial
 
 TINY = SearchTraining(epochs=1, batch_size=64, max_train_samples=64)
 
@@ -29,15 +29,15 @@ def ctx(small_npz: str, teacher_bytes: bytes) -> JobContext:
 
 
 @pytest.fixture(scope="module")
-def state(ctx: JobContext) -> JobState:
+def state(ctx: JobContext) -> PreparedJob:
     return prepare_job(ctx, device="cpu")
 
 
-def sampled(state: JobState, seed: int) -> dict:
+def sampled(state: PreparedJob, seed: int) -> dict:
     return state.space.sample(np.random.default_rng(seed)).to_dict()
 
 
-def test_trial_result_is_complete_and_consistent(ctx: JobContext, state: JobState) -> None:
+def test_trial_result_is_complete_and_consistent(ctx: JobContext, state: PreparedJob) -> None:
     action = sampled(state, 0)
     res = run_trial(ctx, TrialSpec(3, action, seed=1, training=TINY), cache=state)
     assert res.trial_id == 3 and len(res.history) == 1 and res.accuracy == max(res.history)
@@ -59,7 +59,7 @@ def test_trial_result_is_complete_and_consistent(ctx: JobContext, state: JobStat
     assert again.compression == pytest.approx(1 - res.flops / state.teacher_flops)
 
 
-def test_logit_cache_is_built_once_per_job(ctx: JobContext, state: JobState) -> None:
+def test_logit_cache_is_built_once_per_job(ctx: JobContext, state: PreparedJob) -> None:
     training = dataclasses.replace(TINY, augment=False, cache_teacher_logits=True)
     spec = TrialSpec(1, sampled(state, 1), training=training)
     first = run_trial(ctx, spec, cache=state)
@@ -76,12 +76,12 @@ def test_logit_cache_is_built_once_per_job(ctx: JobContext, state: JobState) -> 
     assert plain.accuracy == pytest.approx(first.accuracy, abs=1 / 24)
 
 
-def test_malformed_specs_are_typed_errors(ctx: JobContext, state: JobState) -> None:
+def test_malformed_specs_are_typed_errors(ctx: JobContext, state: PreparedJob) -> None:
     # Unknown dataset.
     with pytest.raises(BadSpecError, match="unknown dataset 'imagenet'.*cifar10"):
         prepare_job(dataclasses.replace(ctx, dataset="imagenet"), device="cpu")
     # An action made for another teacher.
-    other = CompressionSpace.from_model(zoo.build("resnet56", 10), max_layers=256)
+    other = CompressionSpace.for_teacher(zoo.build("resnet56", 10), max_layers=256)
     foreign = other.sample(np.random.default_rng(0)).to_dict()
     with pytest.raises(BadSpecError, match="made for teacher .* not this one"):
         run_trial(ctx, TrialSpec(1, foreign, training=TINY), cache=state)
@@ -127,7 +127,7 @@ def test_out_of_memory_becomes_a_typed_error() -> None:
             _ = 1 / 0
 
 
-def test_finetune_student_returns_weights_and_onnx(state: JobState) -> None:
+def test_finetune_student_returns_weights_and_onnx(state: PreparedJob) -> None:
     action = sampled(state, 2)
     out = finetune_student(state, action, None, FullTraining(epochs=1, batch_size=64), seed=0)
     assert set(out) >= {"accuracy", "history", "weights", "onnx", "params", "flops", "seconds"}

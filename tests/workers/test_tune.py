@@ -16,7 +16,7 @@ from workers.tune import TuneSearcher, trial_trainable
 @pytest.fixture(scope="module")
 def space() -> CompressionSpace:
     torch.manual_seed(0)
-    return CompressionSpace.from_model(zoo.build("resnet20", 10))
+    return CompressionSpace.for_teacher(zoo.build("resnet20", 10))
 
 
 def test_searcher_adapter_observes_forgets_and_round_trips(

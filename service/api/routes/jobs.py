@@ -12,7 +12,7 @@ from fastapi import APIRouter, HTTPException, Query, status
 from service.api.convert import job_public, trial_public
 from service.api.deps import AuthDep, SchedulerDep, SessionDep, SettingsDep, StorageDep
 from service.api.schemas import JobCreate, JobPage, JobPublic, JobStatus, TrialPage, TrialStatus
-from service.db import JobState, NotFoundError, UpdateFinishedJobError
+from service.db import JobState, NotFoundError, TeacherState, UpdateFinishedJobError
 from service.db.storage import decode_cursor, encode_cursor
 
 __all__ = ["router"]
@@ -43,7 +43,7 @@ def create_job(
             raise _unprocessable(
                 f"teacher_id {body.teacher_id} does not exist (GET /v1/teachers lists them)"
             ) from e
-        if teacher.status != "ready":
+        if teacher.status is not TeacherState.READY:
             raise _unprocessable(
                 f"teacher {teacher.id} is {teacher.status}; wait until it is ready"
             )

@@ -19,7 +19,7 @@ from service.api.deps import (
 )
 from service.api.schemas import TeacherPublic, TeacherTrain
 from service.artifacts import ArtifactStore
-from service.db import Storage, Teacher
+from service.db import Storage, Teacher, TeacherState
 from service.settings import Settings
 
 __all__ = ["router"]
@@ -90,7 +90,7 @@ def _register(
         with storage.session() as repo:
             art = artifacts.write(repo, "teacher", data)
             return repo.create_teacher(
-                arch=arch, num_classes=num_classes, dataset=dataset, status="ready",
+                arch=arch, num_classes=num_classes, dataset=dataset, status=TeacherState.READY,
                 source="upload", params=params, input_shape=shape, accuracy=accuracy,
                 weights_id=art.id,
             )  # fmt: skip
@@ -178,7 +178,7 @@ def train_teacher(
     with storage.session() as repo:
         teacher = repo.create_teacher(
             arch=body.arch, num_classes=body.num_classes, dataset=body.dataset,
-            status="training", source="trained", params=params, input_shape=shape,
+            status=TeacherState.TRAINING, source="trained", params=params, input_shape=shape,
             train_settings=body.model_dump(exclude={"arch", "num_classes", "dataset"}),
         )  # fmt: skip
     if scheduler is not None:

@@ -1,0 +1,87 @@
+"""The coordinator's view of a job's search: its compression space, its searcher, its encoder.
+
+Used by the job runner (in the server process) and by the fitter (in the fit process), so both
+build the same space and the same searcher from the same validated job options.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from embedding.options import EsnacOptions
+from embedding.search import RandomSearcher, Searcher
+from embedding.space import CompressionSpace
+from service.db import Job
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "build_space",
+    "canonical_order",
+    "encoder_bytes",
+    "encoder_from_bytes",
+    "make_searcher",
+]
+
+
+def build_space(
+    arch: str, num_classes: int, weights: bytes, input_shape: tuple[int, ...]
+) -> CompressionSpace:
+    """The teacher's compression space, exactly as the workers build it
+    (`CompressionSpace.for_teacher`: the library's `max_layers` policy)."""
+    from workers import zoo
+    from workers.export import load_state_safetensors
+
+    model = zoo.build(arch, num_classes)
+    load_state_safetensors(model, weights)
+    model.eval()
+    return CompressionSpace.for_teacher(model, tuple(input_shape))
+
+
+def canonical_order(searcher: Searcher, numbers: dict[str, int]) -> None:
+    """Put a searcher's observations and pending candidates in trial-number order (from
+    `numbers`: action key -> trial number) instead of completion order."""
+    order = sorted(range(len(searcher.actions)), key=lambda i: numbers[searcher.actions[i].key])
+    searcher.actions = [searcher.actions[i] for i in order]
+    searcher.rewards = [searcher.rewards[i] for i in order]
+    searcher.pending = dict(sorted(searcher.pending.items(), key=lambda kv: numbers[kv[0]]))
+
+
+def make_searcher(job: Job, space: CompressionSpace, encoder_init: bytes | None = None) -> Searcher:
+    """The job's searcher: `RandomSearcher`, or `EsnacSearcher` with the job's stored options
+    (validated by `EsnacOptions`; options the job does not name take its defaults)."""
+    if job.strategy == "random":
+        return RandomSearcher(space, seed=job.seed)
+    from embedding.search import EsnacSearcher
+
+    opts = EsnacOptions.from_dict(job.searcher)
+    return EsnacSearcher(
+        space,
+        kernels=opts.kernels,
+        subset=opts.subset,
+        candidates=opts.candidates,
+        train_encoder=opts.train_encoder,
+        seed=job.seed,
+        encoder_init=encoder_from_bytes(encoder_init) if encoder_init is not None else None,
+    )
+
+
+def encoder_bytes(searcher: Searcher) -> bytes | None:
+    """The learned encoder's weights (safetensors) of an ESNAC searcher; None for a searcher
+    without an encoder, or an ESNAC searcher that has neither fitted nor been given one (every
+    proposal came before two observations, or a resumed job had nothing left to propose)."""
+    from safetensors.torch import save
+
+    export = getattr(searcher, "encoder_state", None)
+    state = export() if callable(export) else None
+    if state is None:
+        return None
+    return save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+
+
+def encoder_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
+    """The inverse of `encoder_bytes` (safetensors: no pickle)."""
+    from safetensors.torch import load
+
+    return load(data)
