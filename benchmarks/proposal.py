@@ -1,4 +1,4 @@
-"""Cost of one ESNAC proposal step with the paper's settings (DESIGN.md section 3).
+"""Cost of one ESNAC proposal step with the paper's settings (docs/ALGORITHM.md).
 
 ResNet-34 (CIFAR, 100 classes) teacher space, 160 observed random actions with random rewards,
 `EsnacSearcher` defaults (8 kernels, subset 0.5, 1000 candidates per kernel, BiLSTM 4 x 64, LOO

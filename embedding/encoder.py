@@ -1,4 +1,4 @@
-"""The LSTM embedding of architectures (DESIGN.md section 3).
+"""The LSTM embedding of architectures (docs/ALGORITHM.md).
 
 Two implementations of the same function:
 

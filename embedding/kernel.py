@@ -22,7 +22,7 @@ __all__ = [
     "to_unit_cube",
 ]
 
-#: The paper's kernel width alpha and observation noise beta (DESIGN.md section 3).
+#: The paper's kernel width alpha and observation noise beta (docs/ALGORITHM.md).
 DEFAULT_ALPHA = 0.01
 DEFAULT_NOISE = 0.05
 

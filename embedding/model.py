@@ -1,6 +1,6 @@
 """The GP on learned architecture embeddings: fitting the embedding, building the BoTorch model.
 
-Fitting (DESIGN.md section 3): maximise the mean leave-one-out log predictive likelihood of the
+Fitting (docs/ALGORITHM.md): maximise the mean leave-one-out log predictive likelihood of the
 observed rewards, in closed form from one Cholesky factorisation of K = k(X, X) + beta I:
 
     mu_-i = y_i - [K^-1 y]_i / [K^-1]_ii,    sigma^2_-i = 1 / [K^-1]_ii,

@@ -140,7 +140,7 @@ class RandomSearcher(Searcher):
 
 
 class EsnacSearcher(Searcher):
-    """The paper's searcher: Bayesian optimisation on a learned LSTM embedding (DESIGN.md §3).
+    """The paper's searcher: Bayesian optimisation on a learned LSTM embedding (docs/ALGORITHM.md).
 
     Each `suggest` builds `kernels` GPs, each with a freshly initialised LSTM (or `encoder_init`)
     fitted on a random subset of the observations (each kept with probability `subset`); each

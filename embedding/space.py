@@ -288,7 +288,7 @@ class CompressionSpace:
 
     # ----------------------------------------------------------------------------- sampling
     def sample(self, rng: np.random.Generator) -> Action:
-        """Draw an action with the paper's distributions (DESIGN.md section 3)."""
+        """Draw an action with the paper's distributions (docs/ALGORITHM.md)."""
         p1 = REMOVE_PROBS[int(rng.integers(len(REMOVE_PROBS)))]
         p3 = SKIP_PROBS[int(rng.integers(len(SKIP_PROBS)))]
         removable = np.asarray(self.removable, dtype=np.int64)

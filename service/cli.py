@@ -652,7 +652,7 @@ def _add_search_options(parser: argparse.ArgumentParser, demo: bool = False) -> 
             g.add_argument(flag, default=None, help=f"{text} (server default: {server})", **kw)
 
     g = parser.add_argument_group("search")
-    option("--strategy", None, JobCreate, "strategy", "search strategy",
+    option("--strategy", "esnac", JobCreate, "strategy", "search strategy",
            choices=("esnac", "random"))  # fmt: skip
     option("--steps", 3, JobCreate, "steps", "search steps", type=_positive_int)
     option("--per-step", 2, JobCreate, "per_step", "candidates proposed per step",

@@ -87,9 +87,16 @@ def test_upload_teacher_and_download(client: TestClient, resnet20_bytes: bytes) 
 
 
 def test_upload_measures_accuracy_when_not_given(client: TestClient, resnet20_bytes) -> None:
+    from workers.data import load_dataset
+    from workers.export import load_state_safetensors
+    from workers.train import evaluate
+
     r = _upload(client, resnet20_bytes, accuracy=None)
     assert r.status_code == 201, r.text
-    assert 0.0 < r.json()["accuracy"] <= 1.0
+    model = zoo.build("resnet20", 10)
+    load_state_safetensors(model, resnet20_bytes)
+    want = evaluate(model, load_dataset("digits", None, False).val)  # the same split, locally
+    assert r.json()["accuracy"] == pytest.approx(want, abs=1e-9)
 
 
 @pytest.mark.parametrize(

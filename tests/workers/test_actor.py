@@ -76,10 +76,20 @@ def test_two_actors_match_the_in_process_runs(
         acc = ray.get(
             workers[1].measure_teacher.remote("resnet20", 10, teacher_bytes, small_npz, None)
         )
-        assert 0.0 <= acc <= 1.0
+        # the worker's measurement is evaluate() on the same validation split, exactly
+        from workers import zoo
+        from workers.data import load_dataset
+        from workers.train import evaluate
+
+        teacher = zoo.build("resnet20", 10)
+        load_state_safetensors(teacher, teacher_bytes)
+        want = evaluate(teacher, load_dataset(small_npz, None, False).val)
+        assert acc == pytest.approx(want, abs=1e-9)
+        settings = {"epochs": 1, "seed": 0, "lr": 0.05, "batch_size": 32, "max_train_samples": 32}
         trained = ray.get(
-            workers[0].train_teacher.remote("resnet20", 10, small_npz, None, 1, 0, 0.05, 32, 32)
+            workers[0].train_teacher.remote("resnet20", 10, small_npz, None, settings)
         )
+        assert trained["metadata"]["max_train_samples"] == 32
         assert trained["metadata"]["accuracy"] == trained["accuracy"] and trained["seconds"] > 0
         ctx2 = {**ctx_dict, "job_key": "job-b"}
         assert ray.get(workers[1].prepare.remote(ctx2, trained["weights"])) == names[1]
