@@ -41,7 +41,9 @@ __all__ = [
     "UpdateFinishedJobError",
     "UpdateFinishedTrialError",
     "decode_cursor",
+    "decode_job_cursor",
     "encode_cursor",
+    "encode_job_cursor",
     "make_engine",
     "utcnow",
 ]
@@ -134,22 +136,49 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, future=True)
 
 
-def encode_cursor(updated_at: datetime, trial_id: int) -> str:
-    raw = json.dumps([updated_at.isoformat(), trial_id]).encode()
+# The API's pagination cursors: opaque url-safe base64 without padding, decoded here only.
+_BAD_CURSOR = "invalid cursor: pass back the next_cursor of a previous response unchanged"
+
+
+def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
+def _unb64(cursor: str) -> bytes:
+    return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+
+
+def encode_job_cursor(job_id: int) -> str:
+    """The job-list cursor: jobs older (smaller id) than `job_id` come next."""
+    return _b64(f"j{job_id}".encode())
+
+
+def decode_job_cursor(cursor: str) -> int:
+    """Raises `BadCursorError` for anything `encode_job_cursor` did not produce."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        raw = _unb64(cursor).decode()
+        if not raw.startswith("j"):
+            raise ValueError(raw)
+        return int(raw[1:])
+    except (binascii.Error, ValueError, UnicodeDecodeError) as e:
+        raise BadCursorError(_BAD_CURSOR) from e
+
+
+def encode_cursor(updated_at: datetime, trial_id: int) -> str:
+    """The trial-polling cursor: the (updated_at, id) position of the last trial seen."""
+    return _b64(json.dumps([updated_at.isoformat(), trial_id]).encode())
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """Raises `BadCursorError` for anything `encode_cursor` did not produce."""
+    try:
+        raw = _unb64(cursor)
         stamp, tid = json.loads(raw)
         if not 0 <= int(tid) <= MAX_ID:
             raise ValueError(f"trial id {tid} out of range")
         return datetime.fromisoformat(stamp), int(tid)
     except (binascii.Error, ValueError, TypeError) as e:
-        raise BadCursorError(
-            "invalid cursor: pass back the next_cursor of a previous response unchanged"
-        ) from e
+        raise BadCursorError(_BAD_CURSOR) from e
 
 
 class Storage:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from datetime import datetime, timezone
 from typing import Annotated
 
@@ -13,7 +11,13 @@ from service.api.convert import job_public, trial_public
 from service.api.deps import AuthDep, SchedulerDep, SessionDep, SettingsDep, StorageDep
 from service.api.schemas import JobCreate, JobPage, JobPublic, JobStatus, TrialPage, TrialStatus
 from service.db import JobState, NotFoundError, TeacherState, UpdateFinishedJobError
-from service.db.storage import decode_cursor, encode_cursor
+from service.db.storage import (
+    BadCursorError,
+    decode_cursor,
+    decode_job_cursor,
+    encode_cursor,
+    encode_job_cursor,
+)
 
 __all__ = ["router"]
 
@@ -82,22 +86,6 @@ def create_job(
     return out
 
 
-def _job_cursor(job_id: int) -> str:
-    return base64.urlsafe_b64encode(f"j{job_id}".encode()).decode().rstrip("=")
-
-
-def _decode_job_cursor(cursor: str) -> int:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not raw.startswith("j"):
-            raise ValueError(raw)
-        return int(raw[1:])
-    except (binascii.Error, ValueError, UnicodeDecodeError) as e:
-        raise _unprocessable(
-            "invalid cursor: pass back the next_cursor of a previous response unchanged"
-        ) from e
-
-
 @router.get("", response_model=JobPage)
 def list_jobs(
     repo: SessionDep,
@@ -106,13 +94,16 @@ def list_jobs(
     cursor: str | None = None,
 ) -> JobPage:
     """Jobs, newest first."""
-    before = _decode_job_cursor(cursor) if cursor else None
+    try:
+        before = decode_job_cursor(cursor) if cursor else None
+    except BadCursorError as e:
+        raise _unprocessable(str(e)) from e
     jobs = repo.list_jobs(status=status_, before_id=before, limit=limit + 1)
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return JobPage(
         items=[job_public(repo, j) for j in jobs],
-        next_cursor=_job_cursor(jobs[-1].id) if more else None,
+        next_cursor=encode_job_cursor(jobs[-1].id) if more else None,
     )
 
 
@@ -161,8 +152,6 @@ def list_trials(
     Keep the returned `next_cursor` and pass it back as `cursor`: the next call returns only
     trials created or changed since.
     """
-    from service.db import BadCursorError
-
     repo.get_job(job_id)  # 404 for an unknown job
     if updated_after is not None and updated_after.tzinfo is not None:
         updated_after = updated_after.astimezone(timezone.utc).replace(tzinfo=None)  # noqa: UP017
