@@ -33,6 +33,9 @@ CACHE = ROOT / "cache"
 TEACHER_FILE = CACHE / "cifar10_resnet20.safetensors"
 TEACHER_META = CACHE / "cifar10_resnet20.json"
 POOL_FILE = ROOT / "data" / "cifar10_resnet20_pool.json"
+# The strong teacher (87.56 %, issue 16) and the pool built on it (issue 17).
+STRONG_TEACHER = ROOT / "data" / "teachers" / "cifar10_resnet20.safetensors"
+POOL_V2_FILE = ROOT / "data" / "cifar10_resnet20_pool_v2.json"
 RESULTS = ROOT / "results"
 
 
@@ -76,10 +79,17 @@ def cmd_teacher(args: argparse.Namespace) -> None:
     print(json.dumps(meta, indent=2))
 
 
-def _teacher() -> tuple[bytes, dict[str, Any]]:
-    if not TEACHER_FILE.exists():
-        raise SystemExit("no cached teacher: run `python benchmarks/search_efficiency.py teacher`")
-    return TEACHER_FILE.read_bytes(), json.loads(TEACHER_META.read_text())
+def _teacher(path: Path | None = None) -> tuple[bytes, dict[str, Any]]:
+    """The teacher's safetensors and its card (the `.json` beside it; needs `accuracy`).
+    Default: the cached 22-minute teacher of the first pool."""
+    weights = path or TEACHER_FILE
+    if not weights.exists():
+        if path is None:
+            raise SystemExit(
+                "no cached teacher: run `python benchmarks/search_efficiency.py teacher`"
+            )
+        raise SystemExit(f"no teacher at {path}")
+    return weights.read_bytes(), json.loads(weights.with_suffix(".json").read_text())
 
 
 # -------------------------------------------------------------------------------------- pool
@@ -121,7 +131,7 @@ def cmd_pool(args: argparse.Namespace) -> None:
     from workers.trial import JobContext, prepare_job, run_trial
 
     torch.set_num_threads(args.threads)
-    weights, meta = _teacher()
+    weights, meta = _teacher(args.teacher)
     teacher = zoo.build("resnet20", 10)
     load_state_safetensors(teacher, weights)
     space = CompressionSpace.for_teacher(teacher)
@@ -475,6 +485,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--budget-minutes", type=float, default=600)
     p.add_argument("--pool", type=Path, default=POOL_FILE)
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        default=None,
+        help="teacher safetensors with its card (.json) beside it (default: the cached one); "
+        f"the v2 pool uses {STRONG_TEACHER.relative_to(ROOT.parent)}",
+    )
     p.add_argument(
         "--shard", type=int, default=0, help="evaluate actions with index %% shards == shard"
     )

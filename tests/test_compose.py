@@ -92,9 +92,9 @@ def test_every_esnac_command_parses_with_the_real_cli(services: dict[str, Any]) 
     for name, command in esnac.items():
         args = parser.parse_args(command[1:])  # SystemExit (a failure) on an unknown command
         assert callable(args.func), name
-    assert parser.parse_args(esnac["migrate"][1:]).func.__name__ == "_cmd_db_upgrade"
+    assert parser.parse_args(esnac["migrate"][1:]).func.__name__ == "cmd_db_upgrade"
     serve = parser.parse_args(esnac["coordinator"][1:])
-    assert serve.func.__name__ == "_cmd_serve"
+    assert serve.func.__name__ == "cmd_serve"
     assert serve.host == "0.0.0.0"  # reachable from other containers: needs a token
     assert "ESNAC_API_TOKEN" in _env(services["coordinator"])
 

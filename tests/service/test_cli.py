@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from service.cli import build_parser, job_body, main
-from service.cli_client import ProgressBar, format_table, ranked_trials, results_rows
+from service.cli.render import ProgressBar, format_table, ranked_trials, results_rows
 
 
 def _leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import local_server, main
+from service.cli import main
+from service.devserver import local_server
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.cli import LocalServer, local_server
-from service.cli_client import Client
+from service.cli.client import Client
+from service.devserver import LocalServer, local_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [

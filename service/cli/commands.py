@@ -1,0 +1,347 @@
+"""The client commands: teachers, jobs, results and exports, all through the REST API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from service.cli.client import Client, CliError
+from service.cli.render import (
+    RESULT_HEADERS,
+    TERMINAL_JOB_STATES,
+    ProgressBar,
+    format_count,
+    format_duration,
+    format_table,
+    ranked_trials,
+    results_rows,
+)
+
+__all__ = [
+    "cmd_cancel",
+    "cmd_export",
+    "cmd_results",
+    "cmd_status",
+    "cmd_submit",
+    "cmd_teacher_list",
+    "cmd_teacher_register",
+    "cmd_teacher_show",
+    "cmd_teacher_train",
+    "cmd_watch",
+    "job_body",
+    "print_results",
+    "teacher_line",
+    "wait_for_teacher",
+    "watch_job",
+]
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.url, args.token)
+
+
+def cmd_teacher_train(args: argparse.Namespace) -> int:
+    body: dict[str, Any] = {
+        "arch": args.arch,
+        "num_classes": args.num_classes,
+        "dataset": args.dataset,
+    }
+    for opt in ("epochs", "lr", "batch_size", "seed", "max_train_samples"):
+        if getattr(args, opt) is not None:  # unset: the server's default
+            body[opt] = getattr(args, opt)
+    with _client(args) as client:
+        teacher = client.post("/v1/teachers/train", json=body)
+        print(f"teacher {teacher['id']}: training {teacher['arch']} on {teacher['dataset']}")
+        if args.wait:
+            teacher = wait_for_teacher(client, teacher["id"])
+            print(teacher_line(teacher))
+    return 0
+
+
+def wait_for_teacher(client: Client, teacher_id: int, poll: float = 1.0) -> dict[str, Any]:
+    """Poll a training teacher until it is ready; raise `CliError` if its training failed."""
+    bar = ProgressBar()
+    try:
+        while True:
+            teacher = client.teacher(teacher_id)
+            if teacher["status"] != "training":
+                break
+            bar.note(f"teacher {teacher_id}: training")
+            time.sleep(poll)
+    finally:
+        bar.close()
+    if teacher["status"] == "failed":
+        raise CliError(f"teacher {teacher_id} failed to train: {teacher.get('error')}")
+    return teacher
+
+
+def teacher_line(t: dict[str, Any]) -> str:
+    acc = "-" if t.get("accuracy") is None else f"{100 * t['accuracy']:.2f}%"
+    return (
+        f"teacher {t['id']}: {t['arch']} on {t['dataset']}, {t['status']}, "
+        f"{format_count(t['params'])} params, accuracy {acc}"
+    )
+
+
+def cmd_teacher_register(args: argparse.Namespace) -> int:
+    path = Path(args.weights)
+    if not path.is_file():
+        raise CliError(f"weights file {path} does not exist")
+    data: dict[str, str] = {
+        "arch": args.arch,
+        "num_classes": str(args.num_classes),
+        "dataset": args.dataset,
+    }
+    if args.accuracy is not None:
+        data["accuracy"] = str(args.accuracy)
+    with _client(args) as client, path.open("rb") as fh:
+        files = {"weights": (path.name, fh, "application/octet-stream")}
+        teacher = client.post("/v1/teachers", data=data, files=files)
+    print(teacher_line(teacher))
+    return 0
+
+
+def cmd_teacher_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        teachers = client.get("/v1/teachers")
+    rows = [
+        [
+            t["id"],
+            t["arch"],
+            t["dataset"],
+            t["status"],
+            format_count(t["params"]),
+            "-" if t.get("accuracy") is None else f"{100 * t['accuracy']:.2f}%",
+        ]
+        for t in teachers
+    ]
+    print(format_table(("id", "arch", "dataset", "status", "params", "accuracy"), rows))
+    return 0
+
+
+def cmd_teacher_show(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        teacher = client.teacher(args.teacher)
+    print(json.dumps(teacher, indent=2) if args.json else teacher_line(teacher))
+    return 0
+
+
+def job_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The `POST /v1/jobs` body from `submit` / `demo` options (unset options: server default)."""
+    body: dict[str, Any] = {"teacher_id": args.teacher}
+    for opt in ("strategy", "steps", "per_step", "top_k", "reward", "seed"):
+        if getattr(args, opt, None) is not None:
+            body[opt] = getattr(args, opt)
+    if getattr(args, "dataset", None):
+        body["dataset"] = args.dataset
+    if getattr(args, "embedding_from", None) is not None:
+        body["embedding_from"] = args.embedding_from
+    search: dict[str, Any] = {}
+    for opt, key in (
+        ("search_epochs", "epochs"),
+        ("search_batch_size", "batch_size"),
+        ("max_train_samples", "max_train_samples"),
+    ):
+        if getattr(args, opt, None) is not None:
+            search[key] = getattr(args, opt)
+    if getattr(args, "no_augment", False):
+        search["augment"] = False
+    if search:
+        body["search"] = search
+    full: dict[str, Any] = {}
+    for opt, key in (("full_epochs", "epochs"), ("full_batch_size", "batch_size")):
+        if getattr(args, opt, None) is not None:
+            full[key] = getattr(args, opt)
+    if full:
+        body["full_training"] = full
+    searcher: dict[str, Any] = {}
+    for opt, key in (("kernels", "kernels"), ("candidates", "candidates")):
+        if getattr(args, opt, None) is not None:
+            searcher[key] = getattr(args, opt)
+    if searcher:
+        body["searcher"] = searcher
+    return body
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.post("/v1/jobs", json=job_body(args))
+        print(
+            f"job {job['id']}: {job['strategy']} search of teacher {job['teacher_id']}, "
+            f"{job['steps']} steps x {job['per_step']} candidates, top {job['top_k']} fully trained"
+        )
+        if args.watch:
+            job = watch_job(client, job["id"])
+            print_results(client, job, top=args.top)
+            return 0 if job["status"] == "succeeded" else 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.job is None:
+            jobs = client.jobs(status=args.status, limit=args.limit)
+            rows = [_job_row(j) for j in jobs]
+            print(
+                format_table(
+                    ("job", "status", "teacher", "strategy", "trials", "best reward", "age"), rows
+                )
+            )
+            return 0
+        job = client.job(args.job)
+    if args.json:
+        print(json.dumps(job, indent=2))
+        return 0
+    p = job["progress"]
+    best = job.get("best_trial")
+    print(f"job {job['id']}: {job['status']}  ({job['strategy']}, teacher {job['teacher_id']})")
+    print(
+        f"  trials: {p['succeeded']} succeeded, {p['failed']} failed, {p['running']} running, "
+        f"{p['pending']} pending of {p['total']}; {p['finalized']}/{job['top_k']} fully trained"
+    )
+    if best:
+        print(
+            f"  best: trial {best['id']}  reward {best['reward']:.4f}  accuracy "
+            f"{100 * best['accuracy']:.2f}%  params {format_count(best['params'])}"
+        )
+    if job.get("error"):
+        print(f"  error: {job['error']}")
+    return 0
+
+
+def _job_row(job: dict[str, Any]) -> list[Any]:
+    p = job["progress"]
+    best = job.get("best_trial")
+    return [
+        job["id"],
+        job["status"],
+        job["teacher_id"],
+        job["strategy"],
+        f"{p['succeeded'] + p['failed']}/{p['total']}",
+        f"{best['reward']:.4f}" if best and best.get("reward") is not None else "-",
+        _age(job["created_at"]),
+    ]
+
+
+def _age(timestamp: str) -> str:
+    from datetime import datetime, timezone
+
+    created = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=timezone.utc)
+    return format_duration((datetime.now(timezone.utc) - created).total_seconds())
+
+
+def watch_job(client: Client, job_id: int, poll: float = 1.0) -> dict[str, Any]:
+    """Show a progress bar of a job's trials (then of its full training) until it finishes.
+
+    Returns:
+        The finished job (`JobPublic` as a dict).
+    """
+    bar = ProgressBar()
+    phase = ""
+    try:
+        while True:
+            job = client.job(job_id)
+            p = job["progress"]
+            best = job.get("best_trial")
+            best_text = (
+                f"best reward {best['reward']:.4f} (trial {best['id']}, "
+                f"{format_count(best['params'])} params, {100 * best['accuracy']:.1f}%)"
+                if best and best.get("reward") is not None
+                else "best reward -"
+            )
+            # A short full training can start and end between two polls: a succeeded job with
+            # finalized students still gets its full-training bar.
+            final_phase = (
+                job["status"] == "finalizing"
+                or (job["status"] == "succeeded" and p["finalized"] > 0)
+                or (phase == "final" and job["status"] in TERMINAL_JOB_STATES)
+            )
+            extra = f"running {p['running']}  failed {p['failed']}  {best_text}"
+            if final_phase and job["top_k"] > 0:
+                if phase != "final":
+                    bar.update(p["succeeded"] + p["failed"], p["total"], "trials", extra)
+                    bar.close()
+                    bar = ProgressBar()
+                    phase = "final"
+                bar.update(p["finalized"], job["top_k"], "full training", best_text)
+            else:
+                bar.update(p["succeeded"] + p["failed"], p["total"], "trials", extra)
+            if job["status"] in TERMINAL_JOB_STATES:
+                break
+            time.sleep(poll)
+    finally:
+        bar.close()
+    if job["status"] != "succeeded":
+        print(f"job {job_id} {job['status']}" + (f": {job['error']}" if job.get("error") else ""))
+    return job
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = watch_job(client, args.job, poll=args.interval)
+        print_results(client, job, top=args.top)
+    return 0 if job["status"] == "succeeded" else 1
+
+
+def print_results(client: Client, job: dict[str, Any], top: int = 5) -> None:
+    """Print the result table of a job: the teacher, then its best students."""
+    teacher = client.teacher(job["teacher_id"])
+    trials = client.trials(job["id"])
+    print(
+        f"job {job['id']} ({job['status']}): {len(ranked_trials(trials))} students evaluated, "
+        f"teacher {teacher['arch']} on {job['dataset']}"
+    )
+    print(format_table(RESULT_HEADERS, results_rows(trials, teacher, top)))
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.job(args.job)
+        if args.json:
+            ranked = ranked_trials(client.trials(args.job))[: args.top]
+            print(json.dumps(ranked, indent=2))
+        else:
+            print_results(client, job, top=args.top)
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.post(f"/v1/jobs/{args.job}/cancel")
+    print(f"job {job['id']}: {job['status']}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.trial is None:
+            if args.job is None:
+                raise CliError("give a trial id, or --job JOB (with --rank N) to export a student")
+            ranked = ranked_trials(client.trials(args.job))
+            if len(ranked) < args.rank:
+                raise CliError(
+                    f"job {args.job} has {len(ranked)} succeeded trials, no rank {args.rank}"
+                )
+            trial = ranked[args.rank - 1]
+        else:
+            trial = client.get(f"/v1/trials/{args.trial}")
+        kind = "onnx" if args.format == "onnx" else "weights"
+        response = client.request("GET", f"/v1/trials/{trial['id']}/{kind}")
+    out = Path(args.output)
+    if out.is_dir():
+        out = out / f"trial-{trial['id']}.{'onnx' if kind == 'onnx' else 'safetensors'}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(response.content)
+    action_path = out.with_name(out.name + ".action.json")
+    action_path.write_text(json.dumps(trial["action"], indent=2) + "\n")
+    which = response.headers.get("X-ESNAC-Weights", kind)
+    print(
+        f"trial {trial['id']}: wrote {which} {kind} ({len(response.content):,} bytes) to {out}, "
+        f"its architecture (action) to {action_path}"
+    )
+    return 0
