@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     data_dir: str | None = None
     #: Largest accepted weights upload, in MiB (larger -> 413).
     max_upload_mb: int = Field(default=512, ge=1)
+    #: Seconds a teacher's checks (build, strict weight load, accuracy pass) may take at upload.
+    teacher_check_timeout: float = Field(default=600.0, gt=0)
     #: Number of trial workers (Ray actors) shared by all jobs: trials in flight at once.
     workers: int = Field(default=2, ge=1)
     #: Ray resources each worker holds.

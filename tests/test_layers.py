@@ -29,3 +29,37 @@ def test_settings_modules_are_light() -> None:
 
 def test_package_exports_load_on_first_use() -> None:
     assert "torch" in _loaded_after("import embedding; embedding.CompressionSpace")
+
+
+def test_teacher_requests_leave_torch_out_of_the_api_process(tmp_path) -> None:
+    # An upload (strict load + accuracy pass) and a training request: their checks run in a
+    # child process (service.teacher_check), so the serving process never imports torch.
+    import torch
+
+    from workers import zoo
+    from workers.export import state_to_safetensors
+
+    torch.manual_seed(0)
+    weights = tmp_path / "t.safetensors"
+    weights.write_bytes(state_to_safetensors(zoo.build("resnet20", 10)))
+    db = f"sqlite:///{tmp_path / 'esnac.db'}"
+    statement = (
+        "from fastapi.testclient import TestClient\n"
+        "from service.app import create_app\n"
+        "from service.db.migrate import upgrade\n"
+        "from service.settings import Settings\n"
+        f"upgrade({db!r})\n"
+        f"s = Settings(database_url={db!r}, artifact_dir={str(tmp_path / 'a')!r}, "
+        "scheduler=False)\n"
+        "with TestClient(create_app(s)) as c:\n"
+        "    form = {'arch': 'resnet20', 'num_classes': '10', 'dataset': 'digits'}\n"
+        f"    w = open({str(weights)!r}, 'rb').read()\n"
+        "    up = c.post('/v1/teachers', data=form, files={'weights': ('t', w)})\n"
+        "    assert up.status_code == 201 and 0 < up.json()['accuracy'] <= 1, up.text\n"
+        "    tr = c.post('/v1/teachers/train', json={**form, 'num_classes': 10})\n"
+        "    assert tr.status_code == 202 and tr.json()['params'] == up.json()['params'], tr.text\n"
+        "    bad = c.post('/v1/teachers', data={**form, 'arch': 'resnet56'}, "
+        "files={'weights': ('t', w)})\n"
+        "    assert bad.status_code == 422 and 'missing' in bad.text, bad.text\n"
+    )
+    assert _loaded_after(statement) == []

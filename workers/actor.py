@@ -23,10 +23,10 @@ import ray
 import torch
 
 from workers import zoo
-from workers.data import load_dataset
 from workers.export import load_state_safetensors
 from workers.spec import BadSpecError, FullTraining, TeacherTraining
-from workers.train import evaluate, resolve_device, train_teacher
+from workers.teacher_check import measure_accuracy
+from workers.train import resolve_device, train_teacher
 from workers.trial import (
     JobContext,
     PreparedJob,
@@ -176,20 +176,15 @@ class TrialWorker:
     def measure_teacher(
         self, arch: str, num_classes: int, weights: bytes, dataset: str, data_dir: str | None
     ) -> float:
-        """Validation accuracy of uploaded teacher weights on the dataset's validation split."""
+        """Validation accuracy of teacher weights on the dataset's validation split (the
+        measurement of an upload's checks, `workers.teacher_check`, on this worker's device)."""
         with guard("measure teacher", wrap_all=True):
             try:
                 model = zoo.build(arch, int(num_classes))
             except (zoo.UnknownModelError, ValueError) as exc:
                 raise BadSpecError(str(exc)) from exc
             load_state_safetensors(model, weights)
-            splits = load_dataset(dataset, data_dir)
-            if splits.num_classes != int(num_classes):
-                raise BadSpecError(
-                    f"dataset {dataset!r} has {splits.num_classes} classes but the teacher has "
-                    f"{num_classes}"
-                )
-            return evaluate(model, splits.val, device=self.device)
+            return measure_accuracy(model, dataset, data_dir, self.device)
 
     def release(self, job_key: str) -> None:
         """Drop a job's cached teacher and data."""

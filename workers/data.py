@@ -1,19 +1,7 @@
 """Datasets by spec string, held in memory as uint8 tensors, with batched augmentation.
 
-Spec strings:
-    - ``cifar10`` / ``cifar100``: torchvision's copies under ``root`` (``download=True`` fetches
-      them); the 50k training images are split 45k train / 5k validation with a fixed seed, the
-      10k test images are the test split.
-    - ``digits``: scikit-learn's bundled 1,797 8x8 digits, resized to 32x32x3 (offline);
-      a fixed-seed 80/20 train/validation split.
-    - ``npz:<path>``: arrays ``x`` (uint8 N x H x W x C, or N x H x W) and ``y`` (labels); optional
-      ``x_val``/``y_val`` and ``x_test``/``y_test``. Without validation arrays, a fixed-seed 90/10
-      split. Options after ``?``: ``limit=N`` (use only the first N images of ``x``), ``val=F``
-      (validation fraction), e.g. ``npz:/data/train.npz?limit=10000``.
-    - ``folder:<path>``: an ImageFolder tree (one sub-folder per class). If the folder holds
-      ``train/`` (and optionally ``val/``, ``test/``) sub-trees, they are the splits; otherwise a
-      fixed-seed 90/10 split. Images are resized to ``size`` x ``size`` (option ``size``,
-      default 32).
+Spec strings (``cifar10``, ``cifar100``, ``digits``, ``npz:<path>``, ``folder:<path>``) are
+parsed by `workers.dataspec`, which documents them and needs no torch.
 
 Whole datasets live in memory as uint8 tensors; `iterate_batches` normalises and augments whole
 batches at once (random crop from a zero-padded image + horizontal flip, the paper's augmentation),
@@ -33,6 +21,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from workers.dataspec import (
+    CIFAR_CLASSES,
+    dataset_info,
+    fraction_option,
+    int_option,
+    parse_spec,
+    read_npz,
+    resolve_path,
+)
 from workers.spec import BadSpecError
 
 __all__ = [
@@ -50,7 +47,6 @@ _CIFAR_STATS = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
-_CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 _CIFAR_VAL = 5000
 _IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif")
 
@@ -118,69 +114,6 @@ class DatasetSplits:
     num_classes: int
     input_shape: tuple[int, int, int]
     name: str
-
-
-# ------------------------------------------------------------------------------------ parsing
-def _parse(spec: str) -> tuple[str, str, dict[str, str]]:
-    """Split a spec string into (kind, path, options)."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise BadSpecError(f"dataset spec must be a non-empty string, got {spec!r}")
-    spec = spec.strip()
-    if spec in ("cifar10", "cifar100", "digits"):
-        return spec, "", {}
-    kind, sep, rest = spec.partition(":")
-    if not sep or kind not in ("npz", "folder") or not rest:
-        raise BadSpecError(
-            f"unknown dataset {spec!r}; use one of cifar10, cifar100, digits, npz:<path>, "
-            "folder:<path>"
-        )
-    path, _, query = rest.partition("?")
-    options: dict[str, str] = {}
-    for item in filter(None, query.split("&")):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise BadSpecError(f"dataset option {item!r} in {spec!r} must look like key=value")
-        options[key] = value
-    allowed = {"npz": {"limit", "val"}, "folder": {"val", "size"}}[kind]
-    unknown = set(options) - allowed
-    if unknown:
-        raise BadSpecError(
-            f"unknown dataset option(s) {sorted(unknown)} for {kind}; known: {sorted(allowed)}"
-        )
-    return kind, path, options
-
-
-def _int_option(options: dict[str, str], key: str, default: int | None) -> int | None:
-    if key not in options:
-        return default
-    try:
-        value = int(options[key])
-    except ValueError:
-        raise BadSpecError(
-            f"dataset option {key} must be an integer, got {options[key]!r}"
-        ) from None
-    if value < 1:
-        raise BadSpecError(f"dataset option {key} must be >= 1, got {value}")
-    return value
-
-
-def _fraction_option(options: dict[str, str], key: str, default: float) -> float:
-    if key not in options:
-        return default
-    try:
-        value = float(options[key])
-    except ValueError:
-        raise BadSpecError(f"dataset option {key} must be a number, got {options[key]!r}") from None
-    if not 0.0 < value < 1.0:
-        raise BadSpecError(f"dataset option {key} must lie in (0, 1), got {value}")
-    return value
-
-
-def _resolve_path(path: str, root: str | None) -> Path:
-    p = Path(os.path.expanduser(path))
-    if not p.is_absolute() and root is not None and not p.exists():
-        p = Path(root) / p
-    return p
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -294,7 +227,7 @@ def _load_cifar(kind: str, root: str | None, download: bool, seed: int) -> Datas
         y,
         0.0,
         seed,
-        _CIFAR_CLASSES[kind],
+        CIFAR_CLASSES[kind],
         test=(xt, yt),
         stats=(mean, std),
         n_val=_CIFAR_VAL,
@@ -321,21 +254,12 @@ def _load_digits(seed: int) -> DatasetSplits:
 def _load_npz(
     spec: str, path: str, options: dict[str, str], root: str | None, seed: int
 ) -> DatasetSplits:
-    limit = _int_option(options, "limit", None)
-    val_fraction = _fraction_option(options, "val", 0.1)
-    p = _resolve_path(path, root)
+    limit = int_option(options, "limit", None)
+    val_fraction = fraction_option(options, "val", 0.1)
+    p = resolve_path(path, root)
     if not p.is_file():
         raise BadSpecError(f"npz dataset file {str(p)!r} does not exist")
-    try:
-        with np.load(p, allow_pickle=False) as z:
-            if "x" not in z or "y" not in z:
-                raise BadSpecError(
-                    f"{str(p)!r} must hold arrays 'x' (uint8 N x H x W x C) and 'y' (labels); "
-                    f"found {sorted(z.files)}"
-                )
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise BadSpecError(f"cannot read {str(p)!r} as an .npz file: {exc}") from exc
+    arrays = read_npz(p)
     x, y = arrays["x"], arrays["y"]
     if limit is not None:
         x, y = x[:limit], y[:limit]
@@ -397,11 +321,11 @@ def _image_folder(
 def _load_folder(
     spec: str, path: str, options: dict[str, str], root: str | None, seed: int
 ) -> DatasetSplits:
-    p = _resolve_path(path, root)
+    p = resolve_path(path, root)
     if not p.is_dir():
         raise BadSpecError(f"image folder {str(p)!r} does not exist")
-    size = _int_option(options, "size", 32) or 32
-    val_fraction = _fraction_option(options, "val", 0.1)
+    size = int_option(options, "size", 32) or 32
+    val_fraction = fraction_option(options, "val", 0.1)
     if (p / "train").is_dir():
         x, y, classes = _image_folder(p / "train", None, size)
         val = _image_folder(p / "val", classes, size)[:2] if (p / "val").is_dir() else None
@@ -430,56 +354,14 @@ def load_dataset(
     Raises:
         BadSpecError: unknown spec, missing or malformed data (the message says how to fix it).
     """
-    kind, path, options = _parse(spec)
-    if kind in _CIFAR_CLASSES:
+    kind, path, options = parse_spec(spec)
+    if kind in CIFAR_CLASSES:
         return _load_cifar(kind, root, download, seed)
     if kind == "digits":
         return _load_digits(seed)
     if kind == "npz":
         return _load_npz(spec, path, options, root, seed)
     return _load_folder(spec, path, options, root, seed)
-
-
-def dataset_info(spec: str, root: str | None = None) -> tuple[int, tuple[int, int, int]]:
-    """`(num_classes, input_shape)` of a dataset without loading its images where possible.
-
-    Raises:
-        BadSpecError: as `load_dataset`.
-    """
-    kind, path, options = _parse(spec)
-    if kind in _CIFAR_CLASSES:
-        return _CIFAR_CLASSES[kind], (3, 32, 32)
-    if kind == "digits":
-        return 10, (3, 32, 32)
-    if kind == "npz":
-        p = _resolve_path(path, root)
-        if not p.is_file():
-            raise BadSpecError(f"npz dataset file {str(p)!r} does not exist")
-        try:
-            with np.load(p, allow_pickle=False) as z:
-                if "x" not in z or "y" not in z:
-                    raise BadSpecError(f"{str(p)!r} must hold arrays 'x' and 'y'")
-                ys = [z[k] for k in ("y", "y_val", "y_test") if k in z]
-                limit = _int_option(options, "limit", None)
-                if limit is not None:
-                    ys[0] = ys[0][:limit]
-                x0 = z["x"][:1]
-        except (OSError, ValueError) as exc:
-            raise BadSpecError(f"cannot read {str(p)!r} as an .npz file: {exc}") from exc
-        if x0.ndim not in (3, 4) or x0.shape[0] == 0:
-            raise BadSpecError(f"{str(p)!r}: x must be N x H x W x C with N > 0")
-        c = 1 if x0.ndim == 3 else int(x0.shape[3])
-        num_classes = int(max(int(np.max(y)) for y in ys if len(y))) + 1
-        return num_classes, (c, int(x0.shape[1]), int(x0.shape[2]))
-    p = _resolve_path(path, root)
-    if not p.is_dir():
-        raise BadSpecError(f"image folder {str(p)!r} does not exist")
-    size = _int_option(options, "size", 32) or 32
-    base = p / "train" if (p / "train").is_dir() else p
-    classes = [d for d in base.iterdir() if d.is_dir()]
-    if not classes:
-        raise BadSpecError(f"{str(base)!r} holds no class sub-folders (expected <class>/<image>)")
-    return len(classes), (3, size, size)
 
 
 # ------------------------------------------------------------------------------------ batches

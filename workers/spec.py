@@ -20,7 +20,19 @@ __all__ = [
     "TrialSpec",
     "WorkerError",
     "WorkerOutOfMemoryError",
+    "ZOO_NAMES",
 ]
+
+#: The teacher architectures `workers.zoo` builds (here, torch-free, for the REST layer).
+ZOO_NAMES = (
+    "mobilenetv2",
+    "resnet18",
+    "resnet20",
+    "resnet34",
+    "resnet56",
+    "shufflenetv2",
+    "vgg19",
+)
 
 
 class WorkerError(Exception):

@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from workers.spec import ZOO_NAMES
+
 __all__ = ["UnknownModelError", "build", "names"]
 
 
@@ -237,11 +239,15 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "shufflenetv2": lambda n: ShuffleNetV2(n),
     "mobilenetv2": lambda n: MobileNetV2(n),
 }
+if set(_BUILDERS) != set(ZOO_NAMES):  # a zoo entry added in one place only
+    raise ImportError(
+        f"workers.spec.ZOO_NAMES {ZOO_NAMES} does not list the zoo {sorted(_BUILDERS)}"
+    )
 
 
 def names() -> list[str]:
-    """The teacher architectures the zoo can build, sorted."""
-    return sorted(_BUILDERS)
+    """The teacher architectures the zoo can build, sorted (`workers.spec.ZOO_NAMES`)."""
+    return sorted(ZOO_NAMES)
 
 
 def build(name: str, num_classes: int) -> nn.Module:

@@ -37,7 +37,7 @@ def create_job(
     scheduler: SchedulerDep,
 ) -> JobPublic:
     """Submit a search; the scheduler starts it as soon as workers are free."""
-    from workers.data import dataset_info
+    from workers.dataspec import dataset_info
     from workers.spec import WorkerError
 
     with storage.session() as repo:

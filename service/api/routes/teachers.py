@@ -21,6 +21,13 @@ from service.api.schemas import TeacherPublic, TeacherTrain
 from service.artifacts import ArtifactStore
 from service.db import Storage, Teacher, TeacherState
 from service.settings import Settings
+from service.teacher_check import (
+    CheckedTeacher,
+    TeacherCheckFailedError,
+    TeacherRefusedError,
+    check_teacher,
+)
+from workers.spec import ZOO_NAMES
 
 __all__ = ["router"]
 
@@ -31,68 +38,34 @@ def _unprocessable(message: str) -> HTTPException:
     return HTTPException(422, message)
 
 
-def check_teacher_fields(
-    arch: str, num_classes: int, dataset: str, data_dir: str | None
-) -> tuple[int, ...]:
-    """Validate an architecture/dataset pair; returns the dataset's input shape (C, H, W).
-
-    Raises:
-        HTTPException: 422 with a message naming the problem.
-    """
-    from workers import zoo
-    from workers.data import dataset_info
-    from workers.spec import WorkerError
-
-    if arch not in zoo.names():
-        raise _unprocessable(f"unknown arch {arch!r}; known: {', '.join(zoo.names())}")
-    if num_classes < 1:
-        raise _unprocessable(f"num_classes must be at least 1, got {num_classes}")
+async def _checked(settings: Settings, **kw: Any) -> CheckedTeacher:
+    """The teacher's checks, run in a child process; a refusal is a 422 with its message."""
     try:
-        n, shape = dataset_info(dataset, root=data_dir)
-    except WorkerError as e:
-        raise _unprocessable(f"dataset {dataset!r}: {e.message}") from e
-    if n != num_classes:
-        raise _unprocessable(
-            f"dataset {dataset!r} has {n} classes but num_classes={num_classes}; they must match"
-        )
-    return tuple(shape)
+        return await check_teacher(settings, **kw)
+    except TeacherRefusedError as e:
+        raise _unprocessable(e.message) from e
+    except TeacherCheckFailedError as e:
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(e)) from e
 
 
-def _register(
-    settings: Settings,
+def _store_upload(
     storage: Storage,
     artifacts: ArtifactStore,
     arch: str,
     num_classes: int,
     dataset: str,
-    accuracy: float | None,
+    checked: CheckedTeacher,
     data: bytes,
 ) -> Teacher:
-    """Check uploaded weights strictly, measure accuracy if needed, then store (all or nothing)."""
-    from workers import zoo
-    from workers.export import load_state_safetensors
-    from workers.spec import WorkerError
-
-    shape = check_teacher_fields(arch, num_classes, dataset, settings.data_dir)
-    if accuracy is not None and not 0.0 < accuracy <= 1.0:
-        raise _unprocessable(f"accuracy must be a fraction in (0, 1], got {accuracy}")
-    model = zoo.build(arch, num_classes)
-    try:
-        load_state_safetensors(model, data, strict=True)
-    except WorkerError as e:
-        raise _unprocessable(e.message) from e
-    model.eval()
-    if accuracy is None:
-        accuracy = measure_accuracy(model, dataset, settings.data_dir)
-    params = sum(p.numel() for p in model.parameters())
+    """Store checked weights and their teacher row (all or nothing)."""
     art = None
     try:
         with storage.session() as repo:
             art = artifacts.write(repo, "teacher", data)
             return repo.create_teacher(
                 arch=arch, num_classes=num_classes, dataset=dataset, status=TeacherState.READY,
-                source="upload", params=params, input_shape=shape, accuracy=accuracy,
-                weights_id=art.id,
+                source="upload", params=checked.params, input_shape=checked.input_shape,
+                accuracy=checked.accuracy, weights_id=art.id,
             )  # fmt: skip
     except Exception:
         if art is not None:  # the transaction rolled back: remove its file too
@@ -100,37 +73,10 @@ def _register(
         raise
 
 
-def measure_accuracy(model: Any, dataset: str, data_dir: str | None) -> float:
-    """Accuracy of `model` on the dataset's validation split (its test split if it has none)."""
-    from workers.data import load_dataset
-    from workers.spec import WorkerError
-    from workers.train import evaluate
-
-    try:
-        splits = load_dataset(dataset, root=data_dir, download=False)
-    except WorkerError as e:
-        raise _unprocessable(
-            f"cannot load dataset {dataset!r} to measure accuracy: {e.message}"
-        ) from e
-    split = splits.val if splits.val is not None else splits.test
-    if split is None:
-        raise _unprocessable(
-            f"dataset {dataset!r} has no validation or test split; pass `accuracy`"
-        )
-    acc = float(evaluate(model, split))
-    if acc <= 0.0:
-        raise _unprocessable(
-            f"the weights score 0 accuracy on {dataset!r}'s validation split; wrong dataset?"
-        )
-    return acc
-
-
 @router.get("/archs", response_model=list[str])
 def list_archs() -> list[str]:
     """The architectures teachers can have (the zoo)."""
-    from workers import zoo
-
-    return zoo.names()
+    return list(ZOO_NAMES)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TeacherPublic)
@@ -156,14 +102,18 @@ async def upload_teacher(
             413,
             f"weights larger than ESNAC_MAX_UPLOAD_MB={settings.max_upload_mb} MiB",
         )
+    checked = await _checked(
+        settings, arch=arch, num_classes=num_classes, dataset=dataset, weights=data,
+        accuracy=accuracy,
+    )  # fmt: skip
     teacher = await run_in_threadpool(
-        _register, settings, storage, artifacts, arch, num_classes, dataset, accuracy, data
+        _store_upload, storage, artifacts, arch, num_classes, dataset, checked, data
     )
     return teacher_public(teacher)
 
 
 @router.post("/train", status_code=status.HTTP_202_ACCEPTED, response_model=TeacherPublic)
-def train_teacher(
+async def train_teacher(
     body: TeacherTrain,
     _auth: AuthDep,
     settings: SettingsDep,
@@ -171,16 +121,20 @@ def train_teacher(
     scheduler: SchedulerDep,
 ) -> TeacherPublic:
     """Train a zoo teacher on a worker; poll `GET /v1/teachers/{id}` until `ready`."""
-    from workers import zoo
+    checked = await _checked(
+        settings, arch=body.arch, num_classes=body.num_classes, dataset=body.dataset
+    )
 
-    shape = check_teacher_fields(body.arch, body.num_classes, body.dataset, settings.data_dir)
-    params = sum(p.numel() for p in zoo.build(body.arch, body.num_classes).parameters())
-    with storage.session() as repo:
-        teacher = repo.create_teacher(
-            arch=body.arch, num_classes=body.num_classes, dataset=body.dataset,
-            status=TeacherState.TRAINING, source="trained", params=params, input_shape=shape,
-            train_settings=body.model_dump(exclude={"arch", "num_classes", "dataset"}),
-        )  # fmt: skip
+    def store() -> Teacher:
+        with storage.session() as repo:
+            return repo.create_teacher(
+                arch=body.arch, num_classes=body.num_classes, dataset=body.dataset,
+                status=TeacherState.TRAINING, source="trained", params=checked.params,
+                input_shape=checked.input_shape,
+                train_settings=body.model_dump(exclude={"arch", "num_classes", "dataset"}),
+            )  # fmt: skip
+
+    teacher = await run_in_threadpool(store)
     if scheduler is not None:
         scheduler.notify()
     return teacher_public(teacher)

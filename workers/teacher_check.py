@@ -1,0 +1,138 @@
+"""The checks a teacher passes before it is stored: architecture, dataset, weights, accuracy.
+
+`check_teacher` builds the architecture, loads uploaded weights strictly and measures their
+accuracy on the dataset's validation split when the user did not give it. The coordinator runs
+it in a short-lived child process (`python -m workers.teacher_check`, JSON request on stdin, JSON
+answer on stdout; see `service.teacher_check`), so the API process never loads torch, a slow
+validation pass never competes with the API, and a file that crashes the loader crashes only
+the child. A worker actor calls the same function (`TrialWorker.measure_teacher`).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["TeacherFacts", "check_teacher", "main", "measure_accuracy"]
+
+
+@dataclass(frozen=True)
+class TeacherFacts:
+    """What the checks found: the network's size, the dataset's input shape, the accuracy."""
+
+    params: int
+    input_shape: tuple[int, int, int]
+    accuracy: float | None
+
+
+def check_teacher(
+    arch: str,
+    num_classes: int,
+    dataset: str,
+    data_dir: str | None = None,
+    weights: bytes | None = None,
+    accuracy: float | None = None,
+    device: Any = None,
+) -> TeacherFacts:
+    """Check a teacher; with `weights` and no `accuracy`, measure the accuracy.
+
+    Args:
+        arch: a zoo architecture name.
+        num_classes: the classifier's width; must equal the dataset's class count.
+        dataset: a dataset spec (`workers.dataspec`).
+        data_dir: where relative dataset paths are looked up.
+        weights: safetensors bytes of a state dict, loaded strictly (None: architecture only).
+        accuracy: the accuracy the user states, in (0, 1] (None: measured when weights are given).
+        device: where to evaluate (default CPU).
+
+    Raises:
+        BadSpecError: with a message that names the problem and how to fix it.
+    """
+    from workers import zoo
+    from workers.dataspec import dataset_info
+    from workers.spec import BadSpecError
+
+    if arch not in zoo.names():
+        raise BadSpecError(f"unknown arch {arch!r}; known: {', '.join(zoo.names())}")
+    if num_classes < 1:
+        raise BadSpecError(f"num_classes must be at least 1, got {num_classes}")
+    if accuracy is not None and not 0.0 < accuracy <= 1.0:
+        raise BadSpecError(f"accuracy must be a fraction in (0, 1], got {accuracy}")
+    try:
+        n, shape = dataset_info(dataset, root=data_dir)
+    except BadSpecError as e:
+        raise BadSpecError(f"dataset {dataset!r}: {e.message}") from e
+    if n != num_classes:
+        raise BadSpecError(
+            f"dataset {dataset!r} has {n} classes but num_classes={num_classes}; they must match"
+        )
+    model = zoo.build(arch, num_classes)
+    params = sum(p.numel() for p in model.parameters())
+    if weights is not None:
+        from workers.export import load_state_safetensors
+
+        load_state_safetensors(model, weights, strict=True)
+        if accuracy is None:
+            accuracy = measure_accuracy(model, dataset, data_dir, device)
+            if accuracy <= 0.0:
+                raise BadSpecError(
+                    f"the weights score 0 accuracy on {dataset!r}'s validation split; "
+                    "wrong dataset?"
+                )
+    return TeacherFacts(params, (int(shape[0]), int(shape[1]), int(shape[2])), accuracy)
+
+
+def measure_accuracy(model: Any, dataset: str, data_dir: str | None, device: Any = None) -> float:
+    """Accuracy of `model` on the dataset's validation split (its test split if it has none).
+
+    Raises:
+        BadSpecError: the dataset cannot be loaded or has neither split.
+    """
+    from workers.data import load_dataset
+    from workers.spec import BadSpecError
+    from workers.train import evaluate
+
+    try:
+        splits = load_dataset(dataset, root=data_dir, download=False)
+    except BadSpecError as e:
+        raise BadSpecError(
+            f"cannot load dataset {dataset!r} to measure accuracy: {e.message}"
+        ) from e
+    split = splits.val if splits.val is not None else splits.test
+    if split is None:
+        raise BadSpecError(f"dataset {dataset!r} has no validation or test split; pass `accuracy`")
+    model.eval()
+    return float(evaluate(model, split, device=device))
+
+
+def main() -> int:
+    """Answer one JSON request from stdin on stdout: `{"ok": true, <TeacherFacts>}` or
+    `{"ok": false, "message": ...}` for a refused teacher (exit status 0 both)."""
+    import torch
+
+    from workers.spec import WorkerError
+
+    request = json.load(sys.stdin)
+    torch.set_num_threads(int(request.get("threads") or 1))
+    path = request.get("weights_path")
+    try:
+        facts = check_teacher(
+            str(request["arch"]),
+            int(request["num_classes"]),
+            str(request["dataset"]),
+            request.get("data_dir"),
+            Path(path).read_bytes() if path else None,
+            request.get("accuracy"),
+        )
+    except WorkerError as e:
+        json.dump({"ok": False, "message": e.message}, sys.stdout)
+        return 0
+    json.dump({"ok": True, **asdict(facts)}, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
