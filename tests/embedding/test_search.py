@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from embedding.encoder import NUMERIC_COLUMNS, transform_inputs
 from embedding.model import FitSettings
 from embedding.search import EsnacSearcher, RandomSearcher, Searcher, SearcherError
 from embedding.space import Action, CompressionSpace
@@ -123,6 +124,17 @@ def test_esnac_defaults_are_the_papers(space: CompressionSpace) -> None:
         100,
     )
     assert s.encoder_config["hidden_size"] == 64 and s.encoder_config["num_layers"] == 4
+    # The one documented difference (docs/ALGORITHM.md, "Input transform"): log1p on the six
+    # numeric columns by default; "raw" is the paper's encoder, and it changes the embedding.
+    assert s.encoder_config["input_transform"] == "log1p"
+    rows = space.encode([space.sample(np.random.default_rng(0)) for _ in range(3)])
+    assert transform_inputs(rows, "raw") is rows
+    logged = transform_inputs(rows, "log1p")
+    rest = [c for c in range(rows.shape[-1]) if c not in range(rows.shape[-1])[NUMERIC_COLUMNS]]
+    torch.testing.assert_close(
+        logged[..., NUMERIC_COLUMNS], torch.log1p(rows[..., NUMERIC_COLUMNS]), rtol=0, atol=0
+    )
+    torch.testing.assert_close(logged[..., rest], rows[..., rest], rtol=0, atol=0)
     with pytest.raises(SearcherError):
         EsnacSearcher(space, subset=0.0)
 

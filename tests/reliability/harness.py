@@ -90,14 +90,19 @@ def submit_job(
     epochs: int = 1,
     seed: int = 0,
     top_k: int = 0,
+    strategy: str = "random",
 ) -> int:
-    """A random-search job of `steps * per_step` tiny trials (digits, 1 epoch); returns its id."""
-    r = c.post("/v1/jobs", json={
-        "teacher_id": teacher_id, "strategy": "random", "steps": steps, "per_step": per_step,
+    """A job of `steps * per_step` tiny trials (digits, 1 epoch); returns its id. `esnac` jobs
+    get a small searcher (2 kernels, 50 candidates) that a 2-core machine fits in seconds."""
+    body: dict[str, Any] = {
+        "teacher_id": teacher_id, "strategy": strategy, "steps": steps, "per_step": per_step,
         "search": {"epochs": epochs, "max_train_samples": samples, "batch_size": 64,
                    "augment": False},
         "top_k": top_k, "full_training": {"epochs": 1, "batch_size": 64}, "seed": seed,
-    })  # fmt: skip
+    }  # fmt: skip
+    if strategy == "esnac":
+        body["searcher"] = {"kernels": 2, "candidates": 50}
+    r = c.post("/v1/jobs", json=body)
     if r.status_code != 201:
         raise RuntimeError(f"job submit: {r.status_code} {r.text}")
     return int(r.json()["id"])
@@ -189,11 +194,13 @@ def kill_workers(
 
 
 def worker_death(server: Server, teacher_id: int, *, steps: int, kills: int,
-                 samples: int = 128, timeout: float = 300.0) -> dict[str, Any]:  # fmt: skip
+                 samples: int = 128, timeout: float = 300.0,
+                 strategy: str = "random") -> dict[str, Any]:  # fmt: skip
     """Promise 1: kill trial workers mid-trial; the job still completes with every trial once."""
     with server.client() as c:
         budget = steps * 2
-        job_id = submit_job(c, teacher_id, steps=steps, samples=samples, seed=11)
+        job_id = submit_job(c, teacher_id, steps=steps, samples=samples, seed=11,
+                            strategy=strategy)  # fmt: skip
         started = time.monotonic()
         victims = kill_workers(c, job_id, kills)
         job = wait_job(c, job_id, timeout)
@@ -326,14 +333,16 @@ def database_outage(server: Server, database_url: str, teacher_id: int, *, steps
 
 
 def coordinator_crash(make_server: Callable[[], Server], *, steps: int, crashes: int = 1,
-                      samples: int = 128, timeout: float = 300.0) -> dict[str, Any]:  # fmt: skip
+                      samples: int = 128, timeout: float = 300.0,
+                      strategy: str = "random") -> dict[str, Any]:  # fmt: skip
     """Promise 2: SIGKILL the server mid-job `crashes` times, restarting it each time."""
     from service.db import Storage
 
     budget = steps * 2
     server = make_server().start()
     with server.client() as c:
-        job_id = submit_job(c, upload_teacher(c), steps=steps, samples=samples, seed=5)
+        job_id = submit_job(c, upload_teacher(c), steps=steps, samples=samples, seed=5,
+                            strategy=strategy)  # fmt: skip
     started = time.monotonic()
     snapshots: list[dict[int, Any]] = []  # the stored trials at each crash
     recovery_s: list[float] = []

@@ -1,9 +1,11 @@
 """Promises 1-3: a dead worker, a crashed coordinator and a database outage lose nothing.
 
-Each test runs a tiny random-search job (digits, resnet20, 1 epoch on 128 samples) on a live
-server with 2 Ray workers, injects a real fault mid-job, and checks the job's ledger: every trial
-of the budget succeeded exactly once (no lost trial, no duplicate), and re-runs happened only
-where a fault forced them.
+Each test runs a tiny search job (digits, resnet20, 1 epoch on 128 samples; random search, and
+ESNAC for the worker and coordinator faults) on a live server with 2 Ray workers, injects a real
+fault mid-job, and checks the job's ledger: every trial of the budget succeeded exactly once (no
+lost trial, no duplicate: the ledger also counts an action stored twice, so a resumed ESNAC
+searcher that proposes a candidate again fails it), and re-runs happened only where a fault
+forced them.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from tests.reliability.harness import (
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("strategy", ["random", "esnac"])
 def test_killed_worker_is_retried_and_nothing_is_lost_or_doubled(
-    make_server: Callable[..., Server], sqlite_url: str
+    make_server: Callable[..., Server], sqlite_url: str, strategy: str
 ) -> None:
     server = make_server(sqlite_url).start()
     with server.client() as c:
         teacher = upload_teacher(c)
-    fig = worker_death(server, teacher, steps=3, kills=1)
+    fig = worker_death(server, teacher, steps=3, kills=1, strategy=strategy)
     assert fig["job_status"] == "succeeded", (fig, server.tail())
     assert fig["faults_injected"] == 1
     assert fig["lost"] == 0 and fig["duplicates"] == 0 and fig["trials"] == 6
@@ -39,10 +42,11 @@ def test_killed_worker_is_retried_and_nothing_is_lost_or_doubled(
     assert "worker died on trial" in server.tail(10**7)
 
 
+@pytest.mark.parametrize("strategy", ["random", "esnac"])
 def test_coordinator_sigkill_resumes_keeping_finished_trials(
-    make_server: Callable[..., Server], sqlite_url: str
+    make_server: Callable[..., Server], sqlite_url: str, strategy: str
 ) -> None:
-    fig = coordinator_crash(lambda: make_server(sqlite_url), steps=3)
+    fig = coordinator_crash(lambda: make_server(sqlite_url), steps=3, strategy=strategy)
     assert fig["job_status"] == "succeeded", fig
     assert fig["finished_before_crash"][0] >= 2 and fig["finished_before_crash_kept"], fig
     assert fig["max_extra_runs_of_in_flight"] <= 1, fig
