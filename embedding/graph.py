@@ -10,6 +10,8 @@ with a union-find, never written per model family.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import operator
 from dataclasses import dataclass, field
 from typing import Any
@@ -275,6 +277,15 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> Layer
     Raises:
         UnsupportedModelError: naming the first unsupported op and the module that owns it.
     """
+    gm = _traced_with_shapes(model, input_shape)
+    visitor = _FxVisitor(gm, _GraphBuilder(input_shape))
+    for node in gm.graph.nodes:
+        visitor.visit(node)
+    return visitor.graph.finish(visitor.output_index)
+
+
+def _traced_with_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.GraphModule:
+    """`torch.fx` trace of `model` with every node's `tensor_meta` (eval mode, batch of 2)."""
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as exc:  # fx raises many types for dynamic control flow
@@ -292,30 +303,116 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> Layer
         ) from exc
     finally:
         model.train(was_training)
-    modules = dict(gm.named_modules())
+    return gm
 
-    uf = UnionFind()
-    layers: list[Layer] = []
-    specs: list[list[tuple[int, int]]] = []  # segments of union-find elements
-    spatial: list[int] = []  # flattened spatial size per output (1 unless after a flatten)
-    where: dict[str, Any] = {}  # fx node name -> layer index, INPUT, or ("chunk", idx, n)
-    input_group = uf.add(input_shape[0], frozen=True)
-    input_spec = [(input_group, input_shape[0])]
-    output_index: int | None = None
 
-    def spec(idx: int) -> list[tuple[int, int]]:
-        return input_spec if idx == INPUT else specs[idx]
+Segments = list[tuple[int, int]]  # (union-find element, channels) per channel segment
 
-    def freeze(idx: int) -> None:
-        for g, _ in spec(idx):
-            uf.freeze(g)
 
-    def source(arg: Any, node: torch.fx.Node) -> int:
+class _GraphBuilder:
+    """Layers in topological order with their channel segments; channel groups by union-find.
+
+    Independent of how the network was read: `add` appends a layer, `union` / `freeze` join and
+    freeze channel groups, and `finish` numbers the groups and returns the `LayerGraph`.
+    """
+
+    def __init__(self, input_shape: tuple[int, ...]) -> None:
+        self.input_shape = tuple(input_shape)
+        self.uf = UnionFind()
+        self.layers: list[Layer] = []
+        self.specs: list[Segments] = []
+        self.spatial: list[int] = []  # flattened spatial size per output (1 unless flattened)
+        self.input_spec: Segments = [(self.uf.add(input_shape[0], frozen=True), input_shape[0])]
+
+    def spec(self, idx: int) -> Segments:
+        return self.input_spec if idx == INPUT else self.specs[idx]
+
+    def shape(self, idx: int) -> tuple[int, ...]:
+        return self.input_shape if idx == INPUT else self.layers[idx].out_shape
+
+    def spatial_of(self, idx: int) -> int:
+        return 1 if idx == INPUT else self.spatial[idx]
+
+    def freeze(self, idx: int) -> None:
+        for g, _ in self.spec(idx):
+            self.uf.freeze(g)
+
+    def new_group(self, channels: int, frozen: bool = False) -> Segments:
+        return [(self.uf.add(channels, frozen=frozen), channels)]
+
+    def add(
+        self,
+        name: str,
+        kind: str,
+        op: str,
+        inputs: list[int],
+        out_shape: tuple[int, ...],
+        attrs: dict,
+        module: str | None,
+        out_spec: Segments,
+        out_spatial: int,
+    ) -> int:
+        idx = len(self.layers)
+        in_shape = self.shape(inputs[0])
+        self.layers.append(
+            Layer(idx, name, kind, op, tuple(inputs), tuple(in_shape), out_shape, attrs, module)
+        )
+        self.specs.append(out_spec)
+        self.spatial.append(out_spatial)
+        return idx
+
+    def finish(self, output_index: int | None) -> LayerGraph:
+        """Freeze the output's groups, number the groups by first appearance, and build."""
+        if output_index is None or output_index != len(self.layers) - 1:
+            raise UnsupportedModelError("the model's output must be produced by its last layer")
+        for g, _ in self.specs[output_index]:
+            self.uf.freeze(g)
+        canon: dict[int, int] = {}
+        sizes: list[int] = []
+        frozen: set[int] = set()
+
+        def canon_spec(sp: Segments) -> ChannelSpec:
+            out = []
+            for g, size in sp:
+                root = self.uf.find(g)
+                if root not in canon:
+                    canon[root] = len(sizes)
+                    sizes.append(size)
+                    if self.uf.frozen[root]:
+                        frozen.add(canon[root])
+                out.append((canon[root], size))
+            return tuple(out)
+
+        in_spec = canon_spec(self.input_spec)
+        specs = tuple(canon_spec(sp) for sp in self.specs)
+        layers = []
+        for layer, sp in zip(self.layers, self.spatial, strict=True):
+            attrs = dict(layer.attrs)
+            attrs["spatial"] = sp
+            if layer.op == "linear" and layer.inputs[0] != INPUT:
+                attrs["in_spatial"] = self.spatial[layer.inputs[0]]
+            layers.append(dataclasses.replace(layer, attrs=attrs))
+        return LayerGraph(
+            tuple(layers), specs, in_spec, tuple(sizes), frozenset(frozen), self.input_shape
+        )
+
+
+class _FxVisitor:
+    """Reads a shape-propagated `torch.fx` graph node by node into a `_GraphBuilder`."""
+
+    def __init__(self, gm: torch.fx.GraphModule, graph: _GraphBuilder) -> None:
+        self.modules = dict(gm.named_modules())
+        self.graph = graph
+        self.where: dict[str, Any] = {}  # fx node name -> layer index, INPUT, or a chunk
+        self.output_index: int | None = None
+
+    def source(self, arg: Any, node: torch.fx.Node) -> int:
+        """The layer index that produces `arg` (an fx node read by `node`)."""
         if not isinstance(arg, torch.fx.Node):
             raise UnsupportedModelError(
                 f"op '{node.target}' in '{_owner(node)}' takes a non-tensor argument {arg!r}"
             )
-        loc = where.get(arg.name)
+        loc = self.where.get(arg.name)
         if not isinstance(loc, int):
             raise UnsupportedModelError(
                 f"op '{node.target}' in '{_owner(node)}' reads '{arg.name}', which is not a tensor "
@@ -323,239 +420,158 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> Layer
             )
         return loc
 
-    def add_layer(
+    def add(
+        self,
         node: torch.fx.Node,
         kind: str,
         op: str,
         inputs: list[int],
         attrs: dict,
         module: str | None,
-        out_spec: list[tuple[int, int]],
+        out_spec: Segments,
         out_spatial: int,
     ) -> None:
-        first = inputs[0]
-        in_shape = input_shape if first == INPUT else layers[first].out_shape
-        idx = len(layers)
-        layers.append(
-            Layer(
-                idx,
-                node.name,
-                kind,
-                op,
-                tuple(inputs),
-                tuple(in_shape),
-                _shape(node.meta["tensor_meta"]),
-                attrs,
-                module,
-            )
+        shape = _shape(node.meta["tensor_meta"])
+        self.where[node.name] = self.graph.add(
+            node.name, kind, op, inputs, shape, attrs, module, out_spec, out_spatial
         )
-        specs.append(out_spec)
-        spatial.append(out_spatial)
-        where[node.name] = idx
 
-    for node in gm.graph.nodes:
+    def visit(self, node: torch.fx.Node) -> None:
         if node.op == "placeholder":
-            if where:
+            if self.where:
                 raise UnsupportedModelError("models with more than one input are not supported")
-            where[node.name] = INPUT
-            continue
-        if node.op == "output":
+            self.where[node.name] = INPUT
+        elif node.op == "output":
             out = node.args[0]
-            if not isinstance(out, torch.fx.Node) or not isinstance(where.get(out.name), int):
+            if not isinstance(out, torch.fx.Node) or not isinstance(self.where.get(out.name), int):
                 raise UnsupportedModelError("the model must return a single tensor")
-            output_index = where[out.name]
-            continue
-        if node.op == "get_attr":
+            self.output_index = self.where[out.name]
+        elif node.op == "get_attr":
             raise UnsupportedModelError(
                 f"parameter/buffer access '{node.target}' outside a module is not supported"
             )
-        owner = _owner(node)
-        if node.op == "call_module":
-            mod = modules[str(node.target)]
-            if isinstance(mod, _PASS_MODULES):
-                where[node.name] = source(node.args[0], node)
-                continue
-            src = source(node.args[0], node)
-            in_shape = input_shape if src == INPUT else layers[src].out_shape
-            kind, op, attrs = _module_layer(mod, str(node.target), tuple(in_shape))
-            in_spec = spec(src)
-            out_spatial = 1 if op == "linear" else spatial[src] if src != INPUT else 1
-            if op == "conv":
-                depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
-                if depthwise:
-                    out_spec = in_spec
-                elif mod.groups > 1:
-                    freeze(src)
-                    out_spec = [(uf.add(mod.out_channels, frozen=True), mod.out_channels)]
-                else:
-                    out_spec = [(uf.add(mod.out_channels), mod.out_channels)]
-                attrs["depthwise"] = depthwise
-            elif op == "linear":
-                out_spec = [(uf.add(mod.out_features), mod.out_features)]
-            elif op == "shuffle":
-                freeze(src)
-                out_spec = in_spec
-            elif op == "flatten":
-                out_spatial = 1
-                for s in in_shape[1:]:
-                    out_spatial *= int(s)
-                out_spec = in_spec
-            else:
-                out_spec = in_spec
-            add_layer(node, kind, op, [src], attrs, str(node.target), out_spec, out_spatial)
-            continue
-        if node.op not in ("call_function", "call_method"):
+        elif node.op == "call_module":
+            self.module(node, self.modules[str(node.target)])
+        elif node.op in ("call_function", "call_method"):
+            self.function(node)
+        else:
             raise UnsupportedModelError(f"unsupported graph node {node.op} '{node.target}'")
-        target = node.target
-        name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
-        if (
-            node.op == "call_method"
-            and target == "contiguous"
-            or (node.op == "call_function" and target is torch.nn.functional.dropout)
-        ):
-            where[node.name] = source(node.args[0], node)
-            continue
-        if target in _ADD_FUNCS or (node.op == "call_method" and target in ("add", "add_")):
-            if len(node.args) != 2 or node.kwargs:
-                raise UnsupportedModelError(f"add in '{owner}' must add exactly two tensors")
-            a, b = source(node.args[0], node), source(node.args[1], node)
-            sa, sb = spec(a), spec(b)
-            if len(sa) == len(sb) == 1:
-                uf.union(sa[0][0], sb[0][0])
-            elif [s for _, s in sa] == [s for _, s in sb]:
-                for (ga, _), (gb, _) in zip(sa, sb, strict=True):
-                    uf.union(ga, gb)
-            else:
-                freeze(a)
-                freeze(b)
-            add_layer(
-                node, "Identity", "add", [a, b], {}, None, list(sa), spatial[a] if a != INPUT else 1
-            )
-            continue
-        if target in _CAT_FUNCS:
-            tensors = node.args[0]
-            dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
-            if dim not in (1, -3) or not isinstance(tensors, list | tuple):
-                raise UnsupportedModelError(f"torch.cat in '{owner}' must join channels (dim=1)")
-            srcs = [source(t, node) for t in tensors]
-            out_spec = [seg for s in srcs for seg in spec(s)]
-            add_layer(node, "Concat", "concat", srcs, {}, None, out_spec, 1)
-            continue
-        if target in _FLATTEN_FUNCS or (node.op == "call_method" and target == "flatten"):
-            start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
-            if start != 1 or len(node.args) > 2 or "end_dim" in node.kwargs:
-                raise UnsupportedModelError(f"flatten in '{owner}' must use start_dim=1")
-            src = source(node.args[0], node)
-            shp = input_shape if src == INPUT else layers[src].out_shape
-            sp = 1
-            for s in shp[1:]:
-                sp *= int(s)
-            add_layer(node, "Flatten", "flatten", [src], {}, None, spec(src), sp)
-            continue
-        if target in _RELU_FUNCS or (node.op == "call_method" and target == "relu"):
-            src = source(node.args[0], node)
-            add_layer(
-                node,
-                "ReLU",
-                "relu",
-                [src],
-                {},
-                None,
-                spec(src),
-                spatial[src] if src != INPUT else 1,
-            )
-            continue
-        if target is torch.nn.functional.adaptive_avg_pool2d:
-            src = source(node.args[0], node)
-            shp = input_shape if src == INPUT else layers[src].out_shape
+
+    def module(self, node: torch.fx.Node, mod: Any) -> None:
+        g = self.graph
+        src = self.source(node.args[0], node)
+        if isinstance(mod, _PASS_MODULES):
+            self.where[node.name] = src
+            return
+        in_shape = g.shape(src)
+        kind, op, attrs = _module_layer(mod, str(node.target), tuple(in_shape))
+        in_spec = g.spec(src)
+        out_spatial = 1 if op == "linear" else g.spatial_of(src)
+        out_spec = in_spec
+        if op == "conv":
+            depthwise = mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels
+            if not depthwise and mod.groups > 1:
+                g.freeze(src)
+                out_spec = g.new_group(mod.out_channels, frozen=True)
+            elif not depthwise:
+                out_spec = g.new_group(mod.out_channels)
+            attrs["depthwise"] = depthwise
+        elif op == "linear":
+            out_spec = g.new_group(mod.out_features)
+        elif op == "shuffle":
+            g.freeze(src)
+        elif op == "flatten":
+            out_spatial = math.prod(int(s) for s in in_shape[1:])
+        self.add(node, kind, op, [src], attrs, str(node.target), out_spec, out_spatial)
+
+    def function(self, node: torch.fx.Node) -> None:
+        target, method = node.target, node.op == "call_method"
+        if (method and target == "contiguous") or target is torch.nn.functional.dropout:
+            self.where[node.name] = self.source(node.args[0], node)
+        elif target in _ADD_FUNCS or (method and target in ("add", "add_")):
+            self.residual_add(node)
+        elif target in _CAT_FUNCS:
+            self.concat(node)
+        elif target in _FLATTEN_FUNCS or (method and target == "flatten"):
+            self.flatten(node)
+        elif target in _RELU_FUNCS or (method and target == "relu"):
+            src = self.source(node.args[0], node)
+            g = self.graph
+            self.add(node, "ReLU", "relu", [src], {}, None, g.spec(src), g.spatial_of(src))
+        elif target is torch.nn.functional.adaptive_avg_pool2d:
+            src = self.source(node.args[0], node)
             size = node.kwargs.get("output_size", node.args[1] if len(node.args) > 1 else None)
-            attrs = _adaptive_attrs(size, tuple(shp), owner)
-            add_layer(node, "AvgPool2d", "adaptive_avgpool", [src], attrs, None, spec(src), 1)
-            continue
-        if node.op == "call_method" and target == "chunk":
-            dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
-            chunks = node.kwargs.get("chunks", node.args[1] if len(node.args) > 1 else None)
-            if dim not in (1, -3) or not isinstance(chunks, int):
-                raise UnsupportedModelError(f"chunk in '{owner}' must split channels (dim=1)")
-            src = source(node.args[0], node)
-            freeze(src)
-            where[node.name] = ("chunk", src, chunks)
-            continue
-        if (
+            attrs = _adaptive_attrs(size, tuple(self.graph.shape(src)), _owner(node))
+            self.add(node, "AvgPool2d", "adaptive_avgpool", [src], attrs, None,
+                     self.graph.spec(src), 1)  # fmt: skip
+        elif method and target == "chunk":
+            self.chunk(node)
+        elif (
             target is operator.getitem
             and isinstance(node.args[0], torch.fx.Node)
-            and isinstance(where.get(node.args[0].name), tuple)
+            and isinstance(self.where.get(node.args[0].name), tuple)
         ):
-            _, src, chunks = where[node.args[0].name]
-            part = int(node.args[1])
-            channels = sum(s for _, s in spec(src))
-            step = -(-channels // chunks)
-            start, stop = part * step, min(channels, (part + 1) * step)
-            g = uf.add(stop - start, frozen=True)
-            add_layer(
-                node,
-                "Identity",
-                "slice",
-                [src],
-                {"start": start, "stop": stop},
-                None,
-                [(g, stop - start)],
-                1,
+            self.chunk_part(node)
+        else:
+            name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+            raise UnsupportedModelError(
+                f"unsupported op '{name}' ({node.op}) in module '{_owner(node)}'; supported "
+                "functional ops: residual add, torch.cat(dim=1), torch.flatten(start_dim=1), "
+                "relu, Tensor.chunk(dim=1)"
             )
-            continue
-        raise UnsupportedModelError(
-            f"unsupported op '{name}' ({node.op}) in module '{owner}'; supported functional ops: "
-            "residual add, torch.cat(dim=1), torch.flatten(start_dim=1), relu, Tensor.chunk(dim=1)"
-        )
 
-    if output_index is None or output_index != len(layers) - 1:
-        raise UnsupportedModelError("the model's output must be produced by its last layer")
-    for g, _ in specs[output_index]:
-        uf.freeze(g)
+    def residual_add(self, node: torch.fx.Node) -> None:
+        """Two tensors summed: their channel groups become one (or both freeze if they differ)."""
+        g = self.graph
+        if len(node.args) != 2 or node.kwargs:
+            raise UnsupportedModelError(f"add in '{_owner(node)}' must add exactly two tensors")
+        a, b = self.source(node.args[0], node), self.source(node.args[1], node)
+        sa, sb = g.spec(a), g.spec(b)
+        if len(sa) == len(sb) == 1:
+            g.uf.union(sa[0][0], sb[0][0])
+        elif [s for _, s in sa] == [s for _, s in sb]:
+            for (ga, _), (gb, _) in zip(sa, sb, strict=True):
+                g.uf.union(ga, gb)
+        else:
+            g.freeze(a)
+            g.freeze(b)
+        self.add(node, "Identity", "add", [a, b], {}, None, list(sa), g.spatial_of(a))
 
-    # Canonical group ids: union-find roots numbered by first appearance.
-    canon: dict[int, int] = {}
-    sizes: list[int] = []
-    frozen: set[int] = set()
+    def concat(self, node: torch.fx.Node) -> None:
+        tensors = node.args[0]
+        dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else 0)
+        if dim not in (1, -3) or not isinstance(tensors, list | tuple):
+            raise UnsupportedModelError(f"torch.cat in '{_owner(node)}' must join channels (dim=1)")
+        srcs = [self.source(t, node) for t in tensors]
+        out_spec = [seg for s in srcs for seg in self.graph.spec(s)]
+        self.add(node, "Concat", "concat", srcs, {}, None, out_spec, 1)
 
-    def canon_spec(sp: list[tuple[int, int]]) -> ChannelSpec:
-        out = []
-        for g, size in sp:
-            root = uf.find(g)
-            if root not in canon:
-                canon[root] = len(sizes)
-                sizes.append(size)
-                if uf.frozen[root]:
-                    frozen.add(canon[root])
-            out.append((canon[root], size))
-        return tuple(out)
+    def flatten(self, node: torch.fx.Node) -> None:
+        start = node.kwargs.get("start_dim", node.args[1] if len(node.args) > 1 else 0)
+        if start != 1 or len(node.args) > 2 or "end_dim" in node.kwargs:
+            raise UnsupportedModelError(f"flatten in '{_owner(node)}' must use start_dim=1")
+        src = self.source(node.args[0], node)
+        sp = math.prod(int(s) for s in self.graph.shape(src)[1:])
+        self.add(node, "Flatten", "flatten", [src], {}, None, self.graph.spec(src), sp)
 
-    in_spec_c = canon_spec(input_spec)
-    final_specs = tuple(canon_spec(s) for s in specs)
-    layers_out = []
-    for layer, sp in zip(layers, spatial, strict=True):
-        attrs = dict(layer.attrs)
-        attrs["spatial"] = sp
-        if layer.op == "linear" and layer.inputs[0] != INPUT:
-            attrs["in_spatial"] = spatial[layer.inputs[0]]
-        layers_out.append(
-            Layer(
-                layer.index,
-                layer.name,
-                layer.kind,
-                layer.op,
-                layer.inputs,
-                layer.in_shape,
-                layer.out_shape,
-                attrs,
-                layer.module,
-            )
-        )
-    return LayerGraph(
-        tuple(layers_out),
-        final_specs,
-        in_spec_c,
-        tuple(sizes),
-        frozenset(frozen),
-        tuple(input_shape),
-    )
+    def chunk(self, node: torch.fx.Node) -> None:
+        """`Tensor.chunk` along channels: remembered until its parts are read (`chunk_part`)."""
+        dim = node.kwargs.get("dim", node.args[2] if len(node.args) > 2 else 0)
+        chunks = node.kwargs.get("chunks", node.args[1] if len(node.args) > 1 else None)
+        if dim not in (1, -3) or not isinstance(chunks, int):
+            raise UnsupportedModelError(f"chunk in '{_owner(node)}' must split channels (dim=1)")
+        src = self.source(node.args[0], node)
+        self.graph.freeze(src)
+        self.where[node.name] = ("chunk", src, chunks)
+
+    def chunk_part(self, node: torch.fx.Node) -> None:
+        parent = node.args[0]
+        assert isinstance(parent, torch.fx.Node)  # checked by `function`
+        _, src, chunks = self.where[parent.name]
+        part = int(node.args[1])  # type: ignore[arg-type]
+        channels = sum(s for _, s in self.graph.spec(src))
+        step = -(-channels // chunks)
+        start, stop = part * step, min(channels, (part + 1) * step)
+        out_spec = self.graph.new_group(stop - start, frozen=True)
+        self.add(node, "Identity", "slice", [src], {"start": start, "stop": stop}, None,
+                 out_spec, 1)  # fmt: skip
