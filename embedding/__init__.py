@@ -17,7 +17,7 @@ _EXPORTS = {
     "Layer": "embedding.graph",
     "LayerGraph": "embedding.graph",
     "UnsupportedModelError": "embedding.graph",
-    "trace": "embedding.graph",
+    "trace": "embedding.fx_trace",
     "EmbeddingKernel": "embedding.kernel",
     "FitReport": "embedding.model",
     "FitSettings": "embedding.model",

@@ -2,6 +2,10 @@
 
 An `Action` is plain data -- which layers are removed, how much each channel group shrinks, which
 skip edges are added -- and `teacher + action -> student` is deterministic (`materialize`).
+
+Why one module of ~600 lines: sampling, validation, parameter counting, materialisation and
+encoding all read the same private resolution of an action against the teacher graph
+(`_resolve`); splitting them would make that resolution a public interface.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedding.graph import INPUT, KINDS, Layer, LayerGraph, UnionFind, trace
+from embedding.fx_trace import trace
+from embedding.graph import INPUT, KINDS, Layer, LayerGraph, UnionFind
 
 __all__ = [
     "ACTION_FORMAT_VERSION",

@@ -7,6 +7,9 @@ validation accuracy over the epochs) and `FullTraining` (SGD, step schedule, cro
 labels, starting from the search weights); all use random crop (pad 4) + horizontal flip.
 On CUDA, mixed precision (bfloat16 autocast) and channels-last are on by default; on the CPU
 everything runs in plain float32.
+
+Why one module of ~530 lines: the three training loops share the device, precision, batching
+and evaluation helpers; apart, each would import the others' private pieces.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedding.graph import UnsupportedModelError, trace
+from embedding.fx_trace import trace
+from embedding.graph import UnsupportedModelError
 from embedding.reward import compression, model_flops, reward
 from embedding.space import (
     Action,

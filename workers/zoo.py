@@ -1,7 +1,7 @@
 """Teacher zoo: CIFAR-sized (32x32 input) networks built only from ops the search space traces.
 
 Every model here is written with modules (`nn.ReLU`, `nn.AdaptiveAvgPool2d`, `nn.Flatten`,
-`nn.ChannelShuffle`) and plain tensor adds/concats so that `embedding.graph.trace` understands it.
+`nn.ChannelShuffle`) and plain tensor adds/concats so that `embedding.fx_trace.trace` reads it.
 """
 
 from __future__ import annotations
