@@ -223,20 +223,6 @@ def _best_so_far(rewards: list[float]) -> list[float]:
     return out
 
 
-def _pool_searcher(base: type, members: list[Any]) -> type:
-    """`base` with every sampled action drawn from the pool's members not yet observed or
-    pending: the acquisition ranks only tabulated architectures (and the random baseline draws
-    from the same pool, which itself follows the paper's sampling distributions)."""
-
-    class PoolSearcher(base):  # type: ignore[misc, valid-type]
-        def _sample_unique(self, n: int, exclude: set[str]) -> list[Any]:
-            left = [a for a in members if a.key not in exclude]
-            take = min(n, len(left))
-            return [left[i] for i in self.rng.choice(len(left), size=take, replace=False)]
-
-    return PoolSearcher
-
-
 def simulate_one(
     method: str,
     pool: dict[str, Any],
@@ -252,11 +238,19 @@ def simulate_one(
 
     by_key = {e["key"]: e for e in pool["entries"]}
     members = [Action.from_json(e["action"]) for e in pool["entries"]]
+    # Every sampled action is drawn from the pool's members not yet observed or pending: the
+    # acquisition ranks only tabulated architectures (and random search draws from the same
+    # pool, which itself follows the paper's sampling distributions). Each `suggest(per_step)`
+    # is the service's step: `kernels` GPs fitted, `per_step` candidates.
     if method == "random":
-        searcher = _pool_searcher(RandomSearcher, members)(space, seed=seed)
+        searcher = RandomSearcher(space, seed=seed, candidate_pool=members)
     else:
-        searcher = _pool_searcher(EsnacSearcher, members)(
-            space, seed=seed, train_encoder=(method == "esnac"), **esnac_kwargs
+        searcher = EsnacSearcher(
+            space,
+            seed=seed,
+            train_encoder=(method == "esnac"),
+            candidate_pool=members,
+            **esnac_kwargs,
         )
     rewards: list[float] = []
     while len(rewards) < budget:

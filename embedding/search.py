@@ -29,18 +29,34 @@ class Searcher(ABC):
     """Base class: bookkeeping of observations and pending candidates shared by all searchers.
 
     Subclasses implement `_propose(n, exclude)`, returning `n` actions whose keys are not in
-    `exclude`.
+    `exclude` (and may set `last_kernels`).
+
+    Args:
+        space: the teacher's compression space.
+        seed: seed of all randomness.
+        candidate_pool: if given, every sampled action is drawn from these (those not yet
+            observed or pending) instead of from the space's distributions: a replay on a
+            tabulated pool of evaluated architectures (NAS-Bench style) proposes only members.
     """
 
     kind: str = "base"
 
-    def __init__(self, space: CompressionSpace, *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        space: CompressionSpace,
+        *,
+        seed: int = 0,
+        candidate_pool: Sequence[Action] | None = None,
+    ) -> None:
         self.space = space
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
         self.actions: list[Action] = []
         self.rewards: list[float] = []
         self.pending: dict[str, Action] = {}
+        self.candidate_pool = list(candidate_pool) if candidate_pool is not None else None
+        #: the kernel that proposed each action of the last `suggest` (None: not model-based)
+        self.last_kernels: list[int | None] = []
 
     # ------------------------------------------------------------------ public interface
     def suggest(self, n: int) -> list[Action]:
@@ -50,7 +66,10 @@ class Searcher(ABC):
         if n == 0:
             return []
         exclude = {a.key for a in self.actions} | set(self.pending)
+        self.last_kernels = []
         out = self._propose(n, exclude)
+        if len(self.last_kernels) != len(out):
+            self.last_kernels = [None] * len(out)
         self.mark_pending(out)
         return out
 
@@ -115,6 +134,10 @@ class Searcher(ABC):
         """Return `n` distinct actions whose keys are not in `exclude`."""
 
     def _sample_unique(self, n: int, exclude: set[str]) -> list[Action]:
+        if self.candidate_pool is not None:
+            left = [a for a in self.candidate_pool if a.key not in exclude]
+            take = min(n, len(left))
+            return [left[i] for i in self.rng.choice(len(left), size=take, replace=False)]
         out: list[Action] = []
         seen = set(exclude)
         tries = 0
@@ -142,18 +165,20 @@ class RandomSearcher(Searcher):
 class EsnacSearcher(Searcher):
     """The paper's searcher: Bayesian optimisation on a learned LSTM embedding (docs/ALGORITHM.md).
 
-    Each `suggest` builds `kernels` GPs, each with a freshly initialised LSTM (or `encoder_init`)
-    fitted on a random subset of the observations (each kept with probability `subset`); each
-    kernel proposes the argmax of BoTorch's (log) Expected Improvement over its own pool of
-    `candidates` random actions. All kernels are fitted together and all pools embedded in
-    batched passes of one `EncoderStack`. Pending candidates are never proposed again and enter
-    every GP by the kriging believer (see `build_gp`). With fewer than two observations it
-    proposes random actions.
+    Each `suggest` (one step) builds `kernels` GPs, each with a freshly initialised LSTM (or
+    `encoder_init`) fitted on a random subset of the observations (each kept with probability
+    `subset`); each kernel proposes the argmax of BoTorch's (log) Expected Improvement over its
+    own pool of `candidates` random actions. Candidates are taken round-robin over the kernels in
+    order of their fitted objective: `suggest(kernels)` is the paper's step (one candidate per
+    kernel), fewer take the best-fitting kernels' picks, more take each kernel's next-best too;
+    `last_kernels` says which kernel proposed each. All kernels are fitted together and all
+    pools embedded in batched passes of one `EncoderStack`. Pending candidates are never
+    proposed again and enter every GP by the kriging believer (see `build_gp`). With fewer than
+    two observations it proposes random actions.
 
     Args:
         space: the teacher's compression space.
-        kernels: GPs per step (8); `suggest(n)` with n < kernels fits only n of them, with
-            n > kernels each kernel proposes its next-best candidates too.
+        kernels: GPs fitted per step (8), whatever `n` a `suggest(n)` asks for.
         subset: probability gamma of keeping each observation in a kernel's subset (0.5).
         candidates: random actions scored per kernel (1000).
         seed: seed of all randomness (subsets, candidate pools, LSTM initialisation).
@@ -165,6 +190,7 @@ class EsnacSearcher(Searcher):
         fit: optimiser, stopping rule, objective, alpha, beta (`FitSettings()`: the paper's).
         hidden_size, num_layers, input_transform: the encoder's shape and input transform.
         chunk: candidates per kernel embedded at once (bounds memory; not a tuning knob).
+        candidate_pool: see `Searcher`.
     """
 
     kind = "esnac"
@@ -185,8 +211,9 @@ class EsnacSearcher(Searcher):
         num_layers: int = 4,
         input_transform: str = DEFAULT_TRANSFORM,
         chunk: int = 125,
+        candidate_pool: Sequence[Action] | None = None,
     ) -> None:
-        super().__init__(space, seed=seed)
+        super().__init__(space, seed=seed, candidate_pool=candidate_pool)
         EsnacOptions(int(kernels), float(subset), int(candidates), bool(train_encoder)).validate()
         if chunk < 1:
             raise SearcherError("chunk must be positive")
@@ -261,7 +288,7 @@ class EsnacSearcher(Searcher):
     def _propose(self, n: int, exclude: set[str]) -> list[Action]:
         if len(self.actions) < 2:
             return self._sample_unique(n, exclude)
-        m = min(n, self.kernels)
+        m = self.kernels
         n_obs = len(self.actions)
         subsets = []
         for _ in range(m):
@@ -302,19 +329,26 @@ class EsnacSearcher(Searcher):
             "acquisition": time.perf_counter() - t2,
         }
         out: list[Action] = []
+        kernels: list[int | None] = []
         taken = set(exclude)
         cursors = [0] * m
+        # best-fitting kernel first (stable: ties keep kernel order)
+        by_fit = [int(j) for j in np.argsort(-np.asarray(report.objective), kind="stable")]
         while len(out) < n:
-            j = len(out) % m
+            j = by_fit[len(out) % m]
             order, pool = ranked[j], pools[j]
             while cursors[j] < len(order) and pool[order[cursors[j]]].key in taken:
                 cursors[j] += 1
             if cursors[j] >= len(order):
-                out.extend(self._sample_unique(n - len(out), taken))
+                extra = self._sample_unique(n - len(out), taken)
+                out.extend(extra)
+                kernels.extend([None] * len(extra))
                 break
             pick = pool[order[cursors[j]]]
             taken.add(pick.key)
             out.append(pick)
+            kernels.append(j)
+        self.last_kernels = kernels
         return out
 
     @torch.no_grad()

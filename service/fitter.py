@@ -52,12 +52,14 @@ def _propose(
     n: int,
     rng_key: list[int],
     threads: int,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(In the fit process.) Rebuild the searcher from `state`, propose `n` actions."""
+    device: str = "cpu",
+) -> tuple[list[dict[str, Any]], list[int | None], dict[str, Any]]:
+    """(In the fit process.) Rebuild the searcher from `state`, propose `n` actions; returns
+    them, the kernel that proposed each, and the searcher's new state."""
     import numpy as np
     import torch
 
-    from service.searchers import build_space, make_searcher
+    from service.searchers import build_space, fit_device, make_searcher
 
     torch.set_num_threads(threads)
     space = _SPACES.get(job_key)
@@ -69,18 +71,19 @@ def _propose(
         while len(_SPACES) > _KEEP_SPACES:
             _SPACES.popitem(last=False)
     _SPACES.move_to_end(job_key)
-    searcher = make_searcher(job, space)
+    searcher = make_searcher(job, space, device=fit_device(device))
     searcher.load_state_dict(state)
     searcher.rng = np.random.default_rng(rng_key)
     actions = searcher.suggest(n)
-    return [a.to_dict() for a in actions], searcher.state_dict()
+    return [a.to_dict() for a in actions], list(searcher.last_kernels), searcher.state_dict()
 
 
 class Fitter:
     """Runs `suggest` of the coordinator's searchers in one spawned process."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, device: str = "auto") -> None:
         self.threads = threads
+        self.device = device  # ESNAC_FIT_DEVICE: auto | cpu | cuda
         self._executor: ProcessPoolExecutor | None = None
 
     def _pool(self) -> ProcessPoolExecutor:
@@ -102,14 +105,24 @@ class Fitter:
         rng_key: list[int],
     ) -> list[Action]:
         """`searcher.suggest(n)` (seeded with `rng_key`) computed in the fit process; the
-        searcher's state (observations, pending, learned encoder) is updated in place."""
+        searcher's state (observations, pending, learned encoder) and `last_kernels` are updated
+        in place."""
         loop = asyncio.get_running_loop()
         state = searcher.state_dict()
         send: tuple[str, int, bytes, tuple[int, ...]] | None = None
         for attempt in range(3):
             try:
-                dicts, new_state = await loop.run_in_executor(
-                    self._pool(), _propose, job, job_key, send, state, n, rng_key, self.threads
+                dicts, kernels, new_state = await loop.run_in_executor(
+                    self._pool(),
+                    _propose,
+                    job,
+                    job_key,
+                    send,
+                    state,
+                    n,
+                    rng_key,
+                    self.threads,
+                    self.device,
                 )
                 break
             except _SpaceMissing:
@@ -121,6 +134,7 @@ class Fitter:
                 self._kill()
                 send = teacher
         searcher.load_state_dict(new_state)
+        searcher.last_kernels = kernels
         return [Action.from_json(d) for d in dicts]
 
     def _kill(self) -> None:

@@ -3,12 +3,18 @@
 All jobs share the slots (first come, first served), so the cluster's workers are never
 over-subscribed. A slot whose actor died, or was interrupted mid-task, gets a fresh actor;
 `WorkerPool.run_with_retries` is the one place that retries a remote call on a fresh actor.
+
+`WorkerPool.supervise` awaits a running call while polling its actor's `progress()` (the
+heartbeat): an actor silent for `ESNAC_HEARTBEAT_TIMEOUT` seconds (frozen, deadlocked) or past
+`ESNAC_TRIAL_TIMEOUT` is killed and the attempt is lost (`stalled` / `timeout`) -- retried like
+a worker that died, and its late result, if any, is never read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -18,26 +24,45 @@ import ray
 from service.settings import Settings
 from workers.spec import WorkerError
 
-__all__ = ["Slot", "WorkerPool", "WorkersDiedError", "error_of"]
+__all__ = ["AttemptLostError", "Slot", "WorkerPool", "WorkersDiedError", "error_of"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+class AttemptLostError(Exception):
+    """The coordinator ended an attempt: its worker went silent (`stalled`) or ran past its
+    deadline (`timeout`). The actor has been killed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
 class WorkersDiedError(Exception):
-    """The worker died on every attempt of a remote call."""
+    """Every attempt of a remote call was lost: the worker died, stalled or timed out."""
 
     def __init__(self, what: str, attempts: int, last: BaseException | None) -> None:
-        super().__init__(f"the worker died {attempts} times {what}: {last}")
+        super().__init__(f"{attempts} attempt(s) lost {what}; the last: {last}")
         self.attempts = attempts
         self.last = last
+
+    @property
+    def code(self) -> str:
+        """`stalled` / `timeout` when the last attempt was ended so, else `max_attempts`."""
+        return self.last.code if isinstance(self.last, AttemptLostError) else "max_attempts"
 
 
 def error_of(exc: BaseException) -> tuple[str, str]:
     """(code, message) of a worker error, also when it arrives wrapped by Ray."""
+    if isinstance(exc, AttemptLostError):
+        return exc.code, exc.message
     for e in (exc, getattr(exc, "cause", None)):
         if isinstance(e, WorkerError):
             return e.code, e.message
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return "worker_died", f"the worker died: {exc.__class__.__name__}"
     return "worker_exception", f"{exc.__class__.__name__}: {exc}"
 
 
@@ -103,8 +128,10 @@ class WorkerPool:
         attempts: int,
         what: str,
         slot: Slot | None = None,
+        on_lost: Callable[[BaseException], Awaitable[None]] | None = None,
     ) -> T:
-        """`await call(slot)`; when the actor dies, replace it and try again, `attempts` times.
+        """`await call(slot)`; when the attempt is lost (the actor died, stalled or timed out),
+        replace the actor and try again, `attempts` times in all.
 
         Args:
             call: the remote call(s) of one attempt on a slot.
@@ -112,20 +139,23 @@ class WorkerPool:
             what: for the log and the error ("on trial 3", "training teacher 1").
             slot: a slot the caller holds (kept, and not released here); None: acquire one per
                 attempt and release it afterwards.
+            on_lost: awaited with each lost attempt's error (to record it) before the next.
 
         Raises:
-            WorkersDiedError: the actor died on every attempt.
-            Exception: whatever `call` raised other than the actor's death (a worker error).
+            WorkersDiedError: every attempt was lost.
+            Exception: whatever `call` raised other than a lost attempt (a worker error).
         """
         last: BaseException | None = None
         for attempt in range(1, attempts + 1):
             held = slot if slot is not None else await self.acquire()
             try:
                 return await call(held)
-            except ray.exceptions.RayActorError as e:
-                log.warning("worker died %s (attempt %d): %s", what, attempt, e)
+            except (ray.exceptions.RayActorError, AttemptLostError) as e:
+                log.warning("attempt %d %s lost: %s", attempt, what, e)
                 self.replace(held)
                 last = e
+                if on_lost is not None:
+                    await on_lost(e)
             except asyncio.CancelledError:
                 held.dirty = True
                 raise
@@ -133,6 +163,72 @@ class WorkerPool:
                 if slot is None:
                     self.release(held)
         raise WorkersDiedError(what, attempts, last)
+
+    async def supervise(
+        self,
+        slot: Slot,
+        ref: Any,
+        *,
+        on_progress: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+    ) -> Any:
+        """Await `ref`, a call running on `slot`'s actor, polling the actor's `progress()`.
+
+        Every `heartbeat_interval` the actor is asked for its report. An answer is a heartbeat
+        while the call prepares (or before it started); while it trains, the report must also
+        show a recent beat (a batch or an epoch), so a worker whose training hangs while the
+        process still answers is caught too. Silence counts from the actor's first answer (a
+        fresh actor's start-up is Ray's to report). Reports are passed to `on_progress`.
+
+        Raises:
+            AttemptLostError: no heartbeat for `ESNAC_HEARTBEAT_TIMEOUT` s (`stalled`) or the
+                call ran past `ESNAC_TRIAL_TIMEOUT` s (`timeout`); the slot's actor is killed.
+            Exception: whatever the call raised.
+        """
+        s = self.settings
+        interval = s.heartbeat_interval
+        started = time.monotonic()
+        heard: float | None = None  # silence counts from the actor's first answer
+        task: asyncio.Future[Any] = asyncio.ensure_future(_awaited(ref))
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=interval)
+                if done:
+                    return task.result()
+                try:
+                    report = await asyncio.wait_for(
+                        _awaited(slot.actor.progress.remote()), timeout=interval
+                    )
+                except (asyncio.TimeoutError, ray.exceptions.RayError):
+                    pass  # a frozen worker does not answer; a dead one fails `task`
+                else:
+                    now = time.monotonic()
+                    # Preparing (loading data, building) has no batches to beat on: an answer is
+                    # the heartbeat. Training must also show recent batches.
+                    training = report is not None and report.get("phase") != "prepare"
+                    beat = now - float(report.get("silent_s", 0.0)) if training else now
+                    heard = beat if heard is None else max(heard, beat)
+                    if report is not None and on_progress is not None:
+                        await on_progress(report)
+                now = time.monotonic()
+                if heard is not None and now - heard > s.heartbeat_timeout:
+                    lost = AttemptLostError(
+                        "stalled",
+                        f"no heartbeat from worker {slot.name or '?'} for {now - heard:.0f} s "
+                        f"(ESNAC_HEARTBEAT_TIMEOUT={s.heartbeat_timeout:g}); it was stopped",
+                    )
+                elif s.trial_timeout is not None and now - started > s.trial_timeout:
+                    lost = AttemptLostError(
+                        "timeout",
+                        f"the attempt ran past ESNAC_TRIAL_TIMEOUT={s.trial_timeout:g} s on "
+                        f"worker {slot.name or '?'}; it was stopped",
+                    )
+                else:
+                    continue
+                self._kill(slot)  # the late result of this attempt is never read
+                raise lost
+        finally:
+            if not task.done():
+                task.cancel()
 
     @property
     def free(self) -> int:
@@ -181,3 +277,8 @@ class WorkerPool:
                 log.debug("kill of slot %d: %s", slot.index, e)
         slot.actor, slot.name, slot.dirty = None, None, False
         slot.prepared.clear()
+
+
+async def _awaited(ref: Any) -> Any:
+    """An awaitable Ray ObjectRef as a coroutine (for `asyncio.ensure_future` / `wait_for`)."""
+    return await ref

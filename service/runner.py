@@ -1,12 +1,18 @@
 """One job's run: search (propose, dispatch, observe), then full training of the best students.
 
-A `JobRunner` keeps as many trials in flight as there are free worker slots: whenever slots free
-up it asks the searcher for that many new candidates (the in-flight ones are pending in the
-searcher), persists them, and dispatches each to a `RemoteTrialWorker`. Each result is stored
-before the searcher hears of it. BO fitting runs in the scheduler's `Fitter` process, so the
-event loop (and the API) stays responsive. After the search the top-k students are fully
+The search runs in steps, as the paper's: each step asks the searcher for `per_step` candidates
+(ESNAC fits `kernels` GPs for them) and stores them as `pending` trials, tagged with the step and
+the kernel that proposed each -- the job's queue of proposals, which survives a restart. Free
+worker slots take candidates from the queue. The next step's fit starts as soon as the queue
+holds fewer candidates than there are workers, so a worker that frees up finds a candidate
+waiting instead of idling through a fit; every result so far is used, and the in-flight and
+queued candidates are pending points. (Once per job, the first model-based step waits for two
+observations: a fit on fewer would be a random pick.) Each result is stored before the
+searcher hears of it. BO fitting runs in the scheduler's `Fitter` process, so the event loop
+(and the API) stays responsive. Each attempt runs under `WorkerPool.supervise` (heartbeats,
+deadlines; progress is stored on the trial). After the search the top-k students are fully
 trained and exported. On start-up, an unfinished job resumes from the database: finished trials
-are kept and replayed into a fresh searcher, in-flight ones are re-dispatched.
+are kept and replayed into a fresh searcher, unfinished ones go back to the queue.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -33,6 +40,7 @@ from service.db import (
     UpdateFinishedJobError,
     UpdateFinishedTrialError,
 )
+from service.db.storage import utcnow
 from service.pool import Slot, WorkersDiedError, error_of
 from service.searchers import build_space, canonical_order, encoder_bytes, make_searcher
 from workers.spec import FullTraining, SearchTraining, TrialSpec
@@ -90,6 +98,7 @@ class JobRunner:
         self.job_id = job_id
         self.job_key = f"job-{job_id}"
         self._lock = asyncio.Lock()  # the searcher is used by one thread at a time
+        self._observed = asyncio.Event()  # set whenever the searcher hears of a result
         self.searcher: Searcher
         self.ctx: dict[str, Any] = {}
         self.numbers: dict[str, int] = {}  # action key -> trial number
@@ -155,8 +164,8 @@ class JobRunner:
                 [Action.from_json(t.action) for t in done],
                 [float(t.reward) for t in done if t.reward is not None],
             )
-        redo = [t for t in trials if not t.status.is_finished()]
-        self.searcher.mark_pending([Action.from_json(t.action) for t in redo])
+        unfinished = [t for t in trials if not t.status.is_finished()]
+        self.searcher.mark_pending([Action.from_json(t.action) for t in unfinished])
         self.ctx = {
             "job_key": self.job_key,
             "teacher_arch": teacher.arch,
@@ -169,46 +178,91 @@ class JobRunner:
         self.teacher_ref = ray.put(weights)
         self.training = SearchTraining.from_dict(job.search)
         if job.status is JobState.RUNNING:
-            await self._search(len(trials), redo)
+            await self._search(trials)
         await self._finalize()
 
     # ------------------------------------------------------------------------ search
-    async def _search(self, created: int, redo: list[Trial]) -> None:
+    async def _search(self, trials: list[Trial]) -> None:
+        """Propose step by step into the queue of pending trials; dispatch them to free slots.
+
+        Args:
+            trials: the job's stored trials, by number (finished ones are kept; unfinished ones,
+                queued or interrupted by a restart, are the queue).
+        """
         s, job = self.s, self.job
         budget = job.budget
+        queue: deque[Trial] = deque(t for t in trials if not t.status.is_finished())
+        created = len(trials)
+        step = 1 + max((t.step for t in trials if t.step is not None), default=-1)
         inflight: set[asyncio.Task[None]] = set()
+        proposer: asyncio.Task[list[Trial]] | None = None
+        acquiring: asyncio.Task[Slot] | None = None
 
         def spawn(trial: Trial, slot: Slot) -> None:
             task = asyncio.create_task(self._trial(trial, slot), name=f"trial-{trial.id}")
             inflight.add(task)
             task.add_done_callback(inflight.discard)
 
+        def may_propose() -> bool:
+            if proposer is not None or created >= budget or len(queue) >= s.pool.size:
+                return False
+            if self.searcher.kind == "random" or created == 0:
+                return True
+            # A model-based step waits for its first two observations (a fit on fewer is a
+            # random pick); from then on the next step's fit overlaps the running trials.
+            return len(self.searcher.rewards) >= 2 or not inflight
+
+        observed: asyncio.Task[Any] | None = None
         try:
-            while redo or created < budget:
-                slots = [await s.pool.acquire()]
-                slots += s.pool.acquire_nowait(len(redo) + budget - created - 1)
-                while redo and slots:
-                    spawn(redo.pop(0), slots.pop())
-                n = min(len(slots), budget - created)
-                if n > 0:
-                    try:
-                        new = await self._propose(n, created)
-                    except BaseException:
-                        for slot in slots:
-                            s.pool.release(slot)
-                        raise
+            while queue or created < budget or proposer is not None:
+                if may_propose():
+                    n = min(job.per_step, budget - created)
+                    proposer = asyncio.create_task(self._propose(n, created, step))
+                    step += 1
+                waits: set[asyncio.Future[Any]] = set()
+                if queue:
+                    if acquiring is None:
+                        acquiring = asyncio.create_task(s.pool.acquire())
+                    waits.add(acquiring)
+                if proposer is not None:
+                    waits.add(proposer)
+                elif created < budget:  # waiting for results before the next fit
+                    if observed is None:
+                        self._observed.clear()
+                        observed = asyncio.create_task(self._observed.wait())
+                    waits.add(observed)
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if observed is not None and observed in done:
+                    observed = None
+                if proposer is not None and proposer in done:
+                    new = proposer.result()
+                    proposer = None
+                    if not new:
+                        raise RuntimeError("the searcher proposed no candidate")
                     created += len(new)
-                    for trial in new:
-                        spawn(trial, slots.pop())
-                for slot in slots:
-                    s.pool.release(slot)
+                    queue.extend(new)
+                if acquiring is not None and acquiring in done:
+                    slot = acquiring.result()
+                    acquiring = None
+                    spawn(queue.popleft(), slot)
             while inflight:
                 await asyncio.gather(*list(inflight))
         finally:
+            if proposer is not None:
+                proposer.cancel()
+            if observed is not None:
+                observed.cancel()
+            if acquiring is not None:
+                if acquiring.done() and not acquiring.cancelled() and not acquiring.exception():
+                    s.pool.release(acquiring.result())
+                else:
+                    acquiring.cancel()
             for t in list(inflight):
                 t.cancel()
-            if inflight:
-                await asyncio.gather(*list(inflight), return_exceptions=True)
+            pending_tasks = [t for t in (proposer, acquiring, observed) if t is not None]
+            pending_tasks += list(inflight)
+            if pending_tasks:
+                await asyncio.gather(*pending_tasks, return_exceptions=True)
 
         # The learned encoder is stored with the end of the search (a job resumed while
         # finalizing keeps it; its replayed searcher has not fitted anything).
@@ -228,8 +282,9 @@ class JobRunner:
 
         await s.db(finish_search)
 
-    async def _propose(self, n: int, first_number: int) -> list[Trial]:
-        """Ask the searcher for `n` candidates (in a thread) and persist them as pending."""
+    async def _propose(self, n: int, first_number: int, step: int) -> list[Trial]:
+        """One step: ask the searcher for `n` candidates (in the fit process, or a thread for
+        random search) and persist them as pending trials of `step`, with their kernels."""
         job = self.job
 
         # Deterministic proposals: a per-proposal seed, and observations / pending candidates
@@ -253,12 +308,15 @@ class JobRunner:
                 actions = await self.s.fitter.propose(
                     self.searcher, job, self.job_key, self.teacher_args, n, rng_key
                 )
-            log.info("job %d: proposed trials %d..%d", self.job_id, first_number,
-                     first_number + len(actions) - 1)  # fmt: skip
+            kernels = list(self.searcher.last_kernels)
+            log.info("job %d: step %d proposed trials %d..%d (kernels %s)", self.job_id, step,
+                     first_number, first_number + len(actions) - 1, kernels)  # fmt: skip
 
         def store() -> list[Trial]:
             with self.s.storage.session() as repo:
-                return repo.create_trials(self.job_id, [a.to_dict() for a in actions])
+                return repo.create_trials(
+                    self.job_id, [a.to_dict() for a in actions], step=step, kernels=kernels
+                )
 
         trials = await self.s.db(store)
         self.numbers.update((a.key, t.number) for a, t in zip(actions, trials, strict=True))
@@ -281,12 +339,24 @@ class JobRunner:
         async def attempt(held: Slot) -> dict[str, Any]:
             nonlocal current
             current = await s.db(self._update, trial.id, TrialState.RUNNING, new_attempt=True)
-            worker = await s.pool.prepare(held, self.ctx, self.teacher_ref)
+            number = current.attempts
+
+            async def beat(report: dict[str, Any]) -> None:
+                await s.best_effort(self._progress, trial.id, number, report)
+
+            worker = await s.pool.supervise(
+                held, s.pool.prepare(held, self.ctx, self.teacher_ref), on_progress=beat
+            )
             current = await s.db(
                 self._update, trial.id, TrialState.RUNNING,
-                expect_attempts=current.attempts, worker=worker,
+                expect_attempts=number, worker=worker,
             )  # fmt: skip
-            return await held.actor.evaluate.remote(self.job_key, spec)  # type: ignore[no-any-return]
+            ref = held.actor.evaluate.remote(self.job_key, spec)
+            return await s.pool.supervise(held, ref, on_progress=beat)  # type: ignore[no-any-return]
+
+        async def lost(error: BaseException) -> None:
+            code, message = error_of(error)
+            await s.db(self._lost, trial.id, current.attempts, code, message)
 
         # attempts already made (before a restart) count against ESNAC_MAX_ATTEMPTS
         left = s.settings.max_attempts - trial.attempts
@@ -294,13 +364,14 @@ class JobRunner:
             if left < 1:
                 raise WorkersDiedError(f"on trial {trial.id}", trial.attempts, None)
             result = await s.pool.run_with_retries(
-                attempt, attempts=left, what=f"on trial {trial.id}", slot=slot
+                attempt, attempts=left, what=f"on trial {trial.id}", slot=slot, on_lost=lost
             )
-        except WorkersDiedError:
+        except WorkersDiedError as e:
+            last = error_of(e.last)[1] if e.last is not None else "interrupted"
             await self._finish(
-                current, action, None, "max_attempts",
+                current, action, None, e.code,
                 f"gave up after {current.attempts} attempts (ESNAC_MAX_ATTEMPTS="
-                f"{s.settings.max_attempts}); the worker died or was interrupted",
+                f"{s.settings.max_attempts}); the last: {last}",
             )  # fmt: skip
             return
         except (StaleTrialError, UpdateFinishedTrialError):
@@ -317,6 +388,14 @@ class JobRunner:
     def _update(self, trial_id: int, state: TrialState, **kw: Any) -> Trial:
         with self.s.storage.session() as repo:
             return repo.update_trial(trial_id, state, **kw)
+
+    def _progress(self, trial_id: int, attempt: int, report: dict[str, Any]) -> None:
+        with self.s.storage.session() as repo:
+            repo.record_progress(trial_id, attempt, report, utcnow())
+
+    def _lost(self, trial_id: int, attempt: int, code: str, message: str) -> None:
+        with self.s.storage.session() as repo:
+            repo.record_lost_attempt(trial_id, attempt, code, message)
 
     async def _finish(
         self,
@@ -363,6 +442,7 @@ class JobRunner:
                 self.searcher.forget_pending([action])
             else:
                 self.searcher.observe([action], [float(result["reward"])])
+        self._observed.set()
 
     # ------------------------------------------------------------------------ finalize
     async def _finalize(self) -> None:
@@ -405,10 +485,9 @@ class JobRunner:
         seed = trial_seed(job.seed, trial.number)
 
         async def call(slot: Slot) -> dict[str, Any]:
-            await s.pool.prepare(slot, self.ctx, self.teacher_ref)
-            return await slot.actor.finetune.remote(  # type: ignore[no-any-return]
-                self.job_key, trial.action, start, training, seed
-            )
+            await s.pool.supervise(slot, s.pool.prepare(slot, self.ctx, self.teacher_ref))
+            ref = slot.actor.finetune.remote(self.job_key, trial.action, start, training, seed)
+            return await s.pool.supervise(slot, ref)  # type: ignore[no-any-return]
 
         try:
             out = await s.pool.run_with_retries(

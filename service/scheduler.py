@@ -47,7 +47,17 @@ class Scheduler:
         self._teachers: dict[int, asyncio.Task[None]] = {}
         self._wake = asyncio.Event()
         # Leave a core to the API: fits get all but one of the machine's CPUs.
-        self.fitter = Fitter(settings.fit_threads or max(1, (os.cpu_count() or 2) - 1))
+        self.fitter = Fitter(
+            settings.fit_threads or max(1, (os.cpu_count() or 2) - 1), settings.fit_device
+        )
+
+    async def best_effort(self, fn: Callable[..., Any], *args: Any) -> None:
+        """A storage call whose loss does not matter (a progress report: the next one follows):
+        run in a thread, not retried, a failure only logged."""
+        try:
+            await asyncio.to_thread(fn, *args)
+        except Exception as e:  # noqa: BLE001 - the database may be briefly down
+            log.debug("skipped %s: %s", getattr(fn, "__qualname__", fn), e)
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a storage call in a thread (the event loop never waits on the database).
@@ -116,14 +126,23 @@ class Scheduler:
     async def _train_teacher(self, teacher: Teacher) -> None:
         training = TeacherTraining.from_dict(teacher.train_settings)
 
+        def record(report: dict[str, Any]) -> None:
+            with self.storage.session() as repo:
+                repo.record_teacher_progress(teacher.id, report)
+
+        async def beat(report: dict[str, Any]) -> None:
+            await self.best_effort(record, report)
+
         async def call(slot: Slot) -> dict[str, Any]:
-            return await slot.actor.train_teacher.remote(  # type: ignore[no-any-return]
+            slot.name = slot.name or await slot.actor.name.remote()
+            ref = slot.actor.train_teacher.remote(
                 teacher.arch,
                 teacher.num_classes,
                 teacher.dataset,
                 self.settings.data_dir,
                 training.to_dict(),
             )
+            return await self.pool.supervise(slot, ref, on_progress=beat)  # type: ignore[no-any-return]
 
         try:
             out = await self.pool.run_with_retries(

@@ -21,6 +21,7 @@ __all__ = [
     "canonical_order",
     "encoder_bytes",
     "encoder_from_bytes",
+    "fit_device",
     "make_searcher",
 ]
 
@@ -48,9 +49,15 @@ def canonical_order(searcher: Searcher, numbers: dict[str, int]) -> None:
     searcher.pending = dict(sorted(searcher.pending.items(), key=lambda kv: numbers[kv[0]]))
 
 
-def make_searcher(job: Job, space: CompressionSpace, encoder_init: bytes | None = None) -> Searcher:
+def make_searcher(
+    job: Job,
+    space: CompressionSpace,
+    encoder_init: bytes | None = None,
+    device: str | None = None,
+) -> Searcher:
     """The job's searcher: `RandomSearcher`, or `EsnacSearcher` with the job's stored options
-    (validated by `EsnacOptions`; options the job does not name take its defaults)."""
+    (validated by `EsnacOptions`; options the job does not name take its defaults) fitting on
+    `device` (None: the CPU)."""
     if job.strategy == "random":
         return RandomSearcher(space, seed=job.seed)
     from embedding.search import EsnacSearcher
@@ -64,7 +71,26 @@ def make_searcher(job: Job, space: CompressionSpace, encoder_init: bytes | None 
         train_encoder=opts.train_encoder,
         seed=job.seed,
         encoder_init=encoder_from_bytes(encoder_init) if encoder_init is not None else None,
+        device=device,
     )
+
+
+def fit_device(setting: str) -> str:
+    """The torch device of BO fits for `ESNAC_FIT_DEVICE` (`auto`: CUDA when visible).
+
+    Raises:
+        RuntimeError: `cuda` was asked for and no GPU is visible to the coordinator.
+    """
+    import torch
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "ESNAC_FIT_DEVICE=cuda but the coordinator sees no GPU; give its container a GPU "
+            "(docker-compose.yml, coordinator `deploy.resources`) or use auto / cpu"
+        )
+    return setting
 
 
 def encoder_bytes(searcher: Searcher) -> bytes | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,8 +45,21 @@ class Settings(BaseSettings):
     threads_per_trial: int | None = Field(default=None, ge=1)
     #: A trial whose worker dies is retried on a fresh worker up to this many attempts in all.
     max_attempts: int = Field(default=3, ge=1)
+    #: Seconds without a heartbeat (a training batch, an epoch, or an answer to the progress
+    #: poll) after which a running attempt is `stalled`: its actor is killed and it is retried.
+    heartbeat_timeout: float = Field(default=600.0, gt=0)
+    #: Wall seconds one attempt may run (None: no limit); past it the attempt ends `timeout`.
+    trial_timeout: float | None = Field(default=None, gt=0)
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """How often a running attempt's worker is polled for progress (seconds)."""
+        return max(0.2, min(10.0, self.heartbeat_timeout / 5))
+
     #: torch threads of the coordinator's BO fits (None: all CPUs but one, kept for the API).
     fit_threads: int | None = Field(default=None, ge=1)
+    #: Where the BO fits run: "auto" (a GPU the coordinator sees, else the CPU), "cpu", "cuda".
+    fit_device: Literal["auto", "cpu", "cuda"] = "auto"
     #: How often the scheduler looks for new jobs and teacher trainings, in seconds.
     poll_interval: float = Field(default=0.5, gt=0)
     #: Start the scheduler (and Ray) with the app; off for API-only processes and some tests.

@@ -7,6 +7,10 @@ Usage (the coordinator)::
     ray.get(worker.prepare.remote(ctx_dict, ref))   # ctx_dict: asdict(JobContext) minus weights
     result = ray.get(worker.evaluate.remote(job_key, spec.to_dict()))
 
+While a trial, a full training or a teacher training runs, `progress()` answers from its own
+concurrency group ("progress", one thread) with the attempt's last report (`workers.progress`):
+the coordinator's heartbeat. Every other method runs in the default group, one call at a time.
+
 Every method returns plain data (dicts, lists, numbers, bytes). Failures are raised as
 `workers.spec.WorkerError` subclasses; Ray re-raises them in the caller as exceptions that are
 also instances of the original class, so `except WorkerError` works on the caller's side and the
@@ -24,6 +28,7 @@ import torch
 
 from workers import zoo
 from workers.export import load_state_safetensors
+from workers.progress import Progress
 from workers.spec import BadSpecError, FullTraining, TeacherTraining
 from workers.teacher_check import measure_accuracy
 from workers.train import resolve_device, train_teacher
@@ -55,6 +60,17 @@ class TrialWorker:
             torch.set_num_threads(int(threads))
         self.device = resolve_device(device)
         self._jobs: dict[str, PreparedJob] = {}
+        self._progress: Progress | None = None
+
+    @ray.method(concurrency_group="progress")
+    def progress(self) -> dict[str, Any] | None:
+        """The running call's report (`Progress.snapshot()`), or None when idle."""
+        current = self._progress
+        return current.snapshot() if current is not None else None
+
+    def _track(self, phase: str) -> Progress:
+        self._progress = Progress(phase)
+        return self._progress
 
     def name(self) -> str:
         """`host:pid` of the worker process."""
@@ -116,9 +132,13 @@ class TrialWorker:
         Raises:
             BadSpecError, WorkerOutOfMemoryError, TrainingFailedError.
         """
-        with guard("trial", wrap_all=True):
-            state = self._job(job_key)
-            result = run_trial(state.ctx, spec, cache=state)
+        progress = self._track("prepare")
+        try:
+            with guard("trial", wrap_all=True):
+                state = self._job(job_key)
+                result = run_trial(state.ctx, spec, cache=state, progress=progress)
+        finally:
+            self._progress = None
         return dataclasses.asdict(result)
 
     def finetune(
@@ -135,13 +155,17 @@ class TrialWorker:
             `{"accuracy", "test_accuracy", "history", "weights", "onnx", "params", "flops",
             "seconds"}`.
         """
-        with guard("full training", wrap_all=True):
-            state = self._job(job_key)
-            try:
-                full = FullTraining(**training)
-            except TypeError as exc:
-                raise BadSpecError(f"malformed full-training settings: {exc}") from exc
-            return finetune_student(state, action, weights, full, int(seed))
+        progress = self._track("prepare")
+        try:
+            with guard("full training", wrap_all=True):
+                state = self._job(job_key)
+                try:
+                    full = FullTraining(**training)
+                except TypeError as exc:
+                    raise BadSpecError(f"malformed full-training settings: {exc}") from exc
+                return finetune_student(state, action, weights, full, int(seed), progress)
+        finally:
+            self._progress = None
 
     def train_teacher(
         self,
@@ -157,15 +181,20 @@ class TrialWorker:
             `{"weights": bytes, "accuracy": float, "metadata": dict, "seconds": float}`.
         """
         t0 = time.perf_counter()
-        with guard("teacher training", wrap_all=True):
-            res = train_teacher(
-                arch,
-                num_classes,
-                dataset,
-                TeacherTraining.from_dict(training),
-                root=data_dir,
-                device=self.device,
-            )
+        progress = self._track("prepare")
+        try:
+            with guard("teacher training", wrap_all=True):
+                res = train_teacher(
+                    arch,
+                    num_classes,
+                    dataset,
+                    TeacherTraining.from_dict(training),
+                    root=data_dir,
+                    device=self.device,
+                    progress=progress,
+                )
+        finally:
+            self._progress = None
         return {
             "weights": res.weights,
             "accuracy": res.accuracy,
@@ -197,4 +226,4 @@ class TrialWorker:
         return sorted(self._jobs)
 
 
-RemoteTrialWorker = ray.remote(TrialWorker)
+RemoteTrialWorker = ray.remote(concurrency_groups={"progress": 1})(TrialWorker)  # type: ignore[call-overload]

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 from workers import zoo
 from workers.data import DatasetSplits, ImageTensors, iterate_batches, load_dataset
 from workers.export import state_to_safetensors
+from workers.progress import Progress
 from workers.spec import (
     BadSpecError,
     FullTraining,
@@ -240,6 +241,7 @@ def distill(
     teacher_logits: torch.Tensor | None = None,
     amp: bool | None = None,
     channels_last: bool | None = None,
+    progress: Progress | None = None,
 ) -> DistillResult:
     """Search-time knowledge distillation: MSE between student and teacher logits, Adam.
 
@@ -254,6 +256,7 @@ def distill(
         teacher_logits: cached teacher logits `N_train x num_classes` for the un-augmented
             training images (see `teacher_logits`); only valid when `training.augment` is off.
         amp / channels_last: default on for CUDA, off on the CPU.
+        progress: beaten every batch, told every finished epoch (the attempt's heartbeat).
 
     Raises:
         BadSpecError: invalid settings, or a logit cache that does not match.
@@ -281,6 +284,8 @@ def distill(
     history: list[float] = []
     best, best_epoch, images, seconds = -1.0, 0, 0, 0.0
     best_state: dict[str, torch.Tensor] = {}
+    if progress is not None:
+        progress.start("train", training.epochs)
     for epoch in range(training.epochs):
         student.train()
         total = torch.zeros((), device=dev)
@@ -307,12 +312,16 @@ def distill(
             opt.step()
             total += loss.detach()
             images += int(x.shape[0])
+            if progress is not None:
+                progress.beat()
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         seconds += time.perf_counter() - t0
         _check_finite(total, "distillation", epoch, training.lr)
         acc = evaluate(student, splits.val, amp=use_amp)
         history.append(acc)
+        if progress is not None:
+            progress.epoch_done(epoch + 1, acc)
         if acc > best:
             best, best_epoch = acc, epoch
             best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
@@ -340,6 +349,7 @@ def _supervised(
     max_train_samples: int | None,
     what: str,
     time_budget_s: float | None = None,
+    progress: Progress | None = None,
 ) -> list[float]:
     """SGD with a step schedule and cross-entropy on the labels, with augmentation.
 
@@ -356,6 +366,8 @@ def _supervised(
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=step_every, gamma=gamma)
     history: list[float] = []
     start, slowest, decayed = time.perf_counter(), 0.0, False
+    if progress is not None:
+        progress.start("train", epochs)
     for epoch in range(epochs):
         if time_budget_s is not None:
             elapsed = time.perf_counter() - start
@@ -384,10 +396,14 @@ def _supervised(
             loss.backward()
             opt.step()
             total += loss.detach()
+            if progress is not None:
+                progress.beat()
         _check_finite(total, what, epoch, lr)
         if time_budget_s is None:
             sched.step()
         history.append(evaluate(model, splits.val, amp=use_amp))
+        if progress is not None:
+            progress.epoch_done(epoch + 1, history[-1])
         slowest = max(slowest, time.perf_counter() - t_epoch)
     return history
 
@@ -401,6 +417,7 @@ def finetune(
     device: str | torch.device | None = None,
     amp: bool | None = None,
     channels_last: bool | None = None,
+    progress: Progress | None = None,
 ) -> FinetuneResult:
     """The paper's full training of a student (SGD, step schedule, cross-entropy, augmentation).
 
@@ -410,6 +427,7 @@ def finetune(
         training: the settings (validated here).
         seed: seeds the data order and augmentation.
         device: where to train (default: CUDA when available).
+        progress: beaten every batch, told every finished epoch (the heartbeat).
 
     Raises:
         BadSpecError: invalid settings.
@@ -433,6 +451,7 @@ def finetune(
         channels_last=channels_last,
         max_train_samples=None,
         what="full training",
+        progress=progress,
     )
     acc = history[-1] if history else evaluate(student, splits.val)
     test = evaluate(student, splits.test) if splits.test is not None else None
@@ -452,6 +471,7 @@ def train_teacher(
     amp: bool | None = None,
     channels_last: bool | None = None,
     time_budget_s: float | None = None,
+    progress: Progress | None = None,
 ) -> TeacherResult:
     """Train a zoo teacher with the paper's recipe (SGD, step schedule, CE, augmentation).
 
@@ -469,6 +489,7 @@ def train_teacher(
             `training.epochs` being the maximum: the lr drops x0.1 once 3/4 of the budget has
             passed (instead of every `step_every` epochs) and no epoch starts that would end
             past the budget.
+        progress: beaten every batch, told every finished epoch (the heartbeat).
 
     Returns:
         The model after the last epoch, its validation accuracy, safetensors weights and metadata.
@@ -515,6 +536,7 @@ def train_teacher(
         max_train_samples=max_train_samples,
         what="teacher training",
         time_budget_s=time_budget_s,
+        progress=progress,
     )
     model.eval()
     acc = history[-1] if history else evaluate(model, data.val)

@@ -32,6 +32,7 @@ from embedding.space import (
 from workers import zoo
 from workers.data import DatasetSplits, load_dataset
 from workers.export import load_state_safetensors, state_to_safetensors, to_onnx
+from workers.progress import Progress
 from workers.spec import (
     BadSpecError,
     FullTraining,
@@ -248,6 +249,7 @@ def run_trial(
     *,
     device: str | torch.device | None = None,
     cache: PreparedJob | None = None,
+    progress: Progress | None = None,
 ) -> TrialResult:
     """Evaluate one candidate: materialise, distil, measure, reward.
 
@@ -256,6 +258,7 @@ def run_trial(
         spec: the trial (a `TrialSpec` or its `to_dict()`).
         device: where to run when no `cache` is given (default: CUDA when available).
         cache: the job's prepared state (`prepare_job(ctx)`); built here when None.
+        progress: the attempt's heartbeat (see `workers.progress`).
 
     Returns:
         The result; `accuracy` is the best validation accuracy over the search epochs and the
@@ -292,6 +295,7 @@ def run_trial(
             seed=spec.seed,
             device=state.device,
             teacher_logits=logits,
+            progress=progress,
         )
         t_distill = time.perf_counter() - t1
         if spec.reward == "params":
@@ -325,6 +329,7 @@ def finetune_student(
     weights: bytes | None,
     training: FullTraining,
     seed: int,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Full training of one student, starting from its search weights.
 
@@ -334,6 +339,7 @@ def finetune_student(
         weights: the student's search weights (safetensors); None starts from the teacher slice.
         training: full-training settings.
         seed: seeds the data order and augmentation.
+        progress: the attempt's heartbeat (see `workers.progress`).
 
     Returns:
         `{"accuracy", "test_accuracy", "history", "weights", "onnx", "params", "flops",
@@ -350,7 +356,9 @@ def finetune_student(
         student = state.student(act)
         if weights is not None:
             load_state_safetensors(student, weights)
-        result = finetune(student, state.splits, training, seed=seed, device=state.device)
+        result = finetune(
+            student, state.splits, training, seed=seed, device=state.device, progress=progress
+        )
         out: dict[str, Any] = {
             "accuracy": result.accuracy,
             "test_accuracy": result.test_accuracy,

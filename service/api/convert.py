@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from typing import Any
 
 from service.api.schemas import (
     EsnacOptions,
     FinalPublic,
     FullTrainingIn,
     JobPublic,
+    LostAttempt,
     Progress,
+    RunProgress,
     SearchTrainingIn,
     TeacherPublic,
     TrialPublic,
@@ -33,8 +36,15 @@ def teacher_public(t: Teacher) -> TeacherPublic:
         id=t.id, arch=t.arch, num_classes=t.num_classes, dataset=t.dataset,
         status=t.status.value, source=t.source, accuracy=t.accuracy,  # type: ignore[arg-type]
         params=t.params, input_shape=list(t.input_shape), error=t.error,
-        created_at=utc(t.created_at), updated_at=utc(t.updated_at),
+        progress=_progress(t.progress), created_at=utc(t.created_at),
+        updated_at=utc(t.updated_at),
     )  # fmt: skip
+
+
+def _progress(report: dict[str, Any] | None) -> RunProgress | None:
+    if not report:
+        return None
+    return RunProgress(**{k: report[k] for k in RunProgress.model_fields if k in report})
 
 
 def trial_public(t: Trial) -> TrialPublic:
@@ -51,7 +61,11 @@ def trial_public(t: Trial) -> TrialPublic:
         reward=t.reward, attempts=t.attempts, worker=t.worker, history=t.history,
         seconds=t.seconds, error_code=t.error_code, error=t.error,
         has_weights=t.weights_id is not None or t.final_weights_id is not None, final=final,
-        created_at=utc(t.created_at), started_at=_utc(t.started_at),
+        step=t.step, kernel=t.kernel,
+        progress=_progress(t.progress),
+        lost_attempts=[LostAttempt(**e) for e in t.lost_attempts],
+        heartbeat_at=_utc(t.heartbeat_at), created_at=utc(t.created_at),
+        started_at=_utc(t.started_at),
         finished_at=_utc(t.finished_at), updated_at=utc(t.updated_at),
     )  # fmt: skip
 

@@ -69,6 +69,17 @@ class TeacherTrain(_In):
     max_train_samples: int | None = Field(default=_Teacher.max_train_samples, ge=1)
 
 
+class RunProgress(BaseModel):
+    """A running training's progress (a trial's attempt, a teacher), as its worker last
+    reported it."""
+
+    phase: str = Field(description="'prepare', 'train' or 'evaluate'")
+    epoch: int = Field(description="epochs finished")
+    epochs: int = Field(description="epochs of this training")
+    val_accuracy: float | None = Field(description="validation accuracy after the last epoch")
+    seconds: float = Field(description="seconds since the attempt started on the worker")
+
+
 class TeacherPublic(BaseModel):
     """A registered teacher (uploaded, or trained by the service)."""
 
@@ -82,6 +93,9 @@ class TeacherPublic(BaseModel):
     params: int
     input_shape: list[int]
     error: str | None = None
+    progress: RunProgress | None = Field(
+        default=None, description="while training: epochs done and validation accuracy"
+    )
     created_at: datetime
     updated_at: datetime
 
@@ -169,6 +183,15 @@ class FinalPublic(BaseModel):
     has_onnx: bool
 
 
+class LostAttempt(BaseModel):
+    """An attempt the coordinator lost and retried."""
+
+    attempt: int
+    code: str = Field(description="'worker_died', 'stalled' (no heartbeat) or 'timeout'")
+    message: str
+    at: datetime
+
+
 class TrialPublic(BaseModel):
     """One evaluated (or to-be-evaluated) candidate architecture."""
 
@@ -190,6 +213,20 @@ class TrialPublic(BaseModel):
     error: str | None
     has_weights: bool
     final: FinalPublic | None
+    step: int | None = Field(description="the search step that proposed it (0-based)")
+    kernel: int | None = Field(
+        description="the ESNAC kernel (GP) of that step that proposed it; null for random "
+        "search and for the random warm-up of the first step"
+    )
+    progress: RunProgress | None = Field(
+        description="the running attempt's last report (null before the first)"
+    )
+    heartbeat_at: datetime | None = Field(
+        description="when the coordinator last heard from the running attempt's worker"
+    )
+    lost_attempts: list[LostAttempt] = Field(
+        description="attempts that ended without a result: the worker died, stalled or timed out"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None

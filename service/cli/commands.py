@@ -69,7 +69,13 @@ def wait_for_teacher(client: Client, teacher_id: int, poll: float = 1.0) -> dict
             teacher = client.teacher(teacher_id)
             if teacher["status"] != "training":
                 break
-            bar.note(f"teacher {teacher_id}: training")
+            p = teacher.get("progress")
+            if p and p.get("epochs"):  # the worker's heartbeat: epochs done, last accuracy
+                acc = p.get("val_accuracy")
+                extra = "" if acc is None else f"validation accuracy {100 * acc:.2f}%"
+                bar.update(p["epoch"], p["epochs"], f"teacher {teacher_id} epochs", extra)
+            else:
+                bar.note(f"teacher {teacher_id}: starting")
             time.sleep(poll)
     finally:
         bar.close()

@@ -23,6 +23,7 @@ TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
 RESULT_HEADERS = (
     "rank",
     "trial",
+    "step/kernel",
     "params",
     "accuracy",
     "times smaller",
@@ -91,6 +92,7 @@ def results_rows(
         [
             "teacher",
             teacher["arch"],
+            "-",
             format_count(teacher_params),
             _pct(teacher.get("accuracy")),
             "1.00x",
@@ -107,6 +109,7 @@ def results_rows(
             [
                 rank,
                 t["id"],
+                _step_kernel(t),
                 format_count(params),
                 _pct(t.get("accuracy")),
                 f"{smaller:.2f}x",
@@ -116,6 +119,14 @@ def results_rows(
             ]
         )
     return rows
+
+
+def _step_kernel(t: dict[str, Any]) -> str:
+    """`step/kernel` of the proposal ("1/3"); "0/-" for a random pick, "-" for old trials."""
+    if t.get("step") is None:
+        return "-"
+    kernel = t.get("kernel")
+    return f"{t['step']}/{'-' if kernel is None else kernel}"
 
 
 def _pct(x: float | None) -> str | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -111,6 +111,8 @@ class Teacher:
     error: str | None
     created_at: datetime
     updated_at: datetime
+    #: the training's last report: epoch, epochs, val_accuracy (None: not training / no report)
+    progress: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -170,3 +172,11 @@ class Trial:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    #: the search step and the kernel (GP) that proposed it (None: random or warm-up)
+    step: int | None = None
+    kernel: int | None = None
+    #: the running attempt's last report: epoch, epochs, val_accuracy, phase (None: none yet)
+    progress: dict[str, Any] | None = None
+    heartbeat_at: datetime | None = None
+    #: attempts the coordinator lost: {attempt, code, message, at} (worker died, stalled, ...)
+    lost_attempts: list[dict[str, Any]] = field(default_factory=list)

@@ -227,6 +227,7 @@ def _teacher(m: TeacherModel) -> Teacher:
         source=m.source, accuracy=m.accuracy, params=m.params, input_shape=tuple(m.input_shape),
         train_settings=m.train_settings, weights_id=m.weights_id, error=m.error,
         created_at=m.created_at, updated_at=m.updated_at,
+        progress=dict(m.progress) if m.progress is not None else None,
     )  # fmt: skip
 
 
@@ -251,7 +252,9 @@ def _trial(m: TrialModel) -> Trial:
         final_history=list(m.final_history) if m.final_history is not None else None,
         final_seconds=m.final_seconds, final_weights_id=m.final_weights_id, onnx_id=m.onnx_id,
         created_at=m.created_at, started_at=m.started_at, finished_at=m.finished_at,
-        updated_at=m.updated_at,
+        updated_at=m.updated_at, step=m.step, kernel=m.kernel,
+        progress=dict(m.progress) if m.progress is not None else None,
+        heartbeat_at=m.heartbeat_at, lost_attempts=list(m.lost_attempts or []),
     )  # fmt: skip
 
 
@@ -346,6 +349,17 @@ class Repository:
         m.updated_at = utcnow()
         return _teacher(m)
 
+    def record_teacher_progress(self, teacher_id: int, progress: dict[str, Any]) -> bool:
+        """Store a training teacher's progress report; False if it is not training any more."""
+        m = self._s.get(TeacherModel, teacher_id, with_for_update=True)
+        if m is None:
+            raise NotFoundError(f"teacher {teacher_id} not found")
+        if m.status != TeacherState.TRAINING.value:
+            return False
+        m.progress = dict(progress)
+        m.updated_at = utcnow()
+        return True
+
     # -------------------------------------------------------------------------- jobs
     def create_job(self, **values: Any) -> Job:
         now = utcnow()
@@ -437,8 +451,24 @@ class Repository:
         return _trial(m) if m is not None else None
 
     # -------------------------------------------------------------------------- trials
-    def create_trials(self, job_id: int, actions: Sequence[dict[str, Any]]) -> list[Trial]:
-        """Append pending trials, numbered after the job's existing ones."""
+    def create_trials(
+        self,
+        job_id: int,
+        actions: Sequence[dict[str, Any]],
+        *,
+        step: int | None = None,
+        kernels: Sequence[int | None] | None = None,
+    ) -> list[Trial]:
+        """Append pending trials, numbered after the job's existing ones.
+
+        Args:
+            job_id: the job.
+            actions: one action (JSON dict) per trial.
+            step: the search step that proposed them.
+            kernels: the kernel that proposed each (None entries: not model-based).
+        """
+        if kernels is not None and len(kernels) != len(actions):
+            raise StorageError(f"{len(actions)} actions but {len(kernels)} kernels")
         job = self._s.get(JobModel, job_id, with_for_update=True)
         if job is None:
             raise NotFoundError(f"job {job_id} not found")
@@ -459,6 +489,8 @@ class Repository:
                 attempts=0,
                 history=[],
                 seconds={},
+                step=step,
+                kernel=None if kernels is None else kernels[k],
                 created_at=now,
                 updated_at=now,
             )  # fmt: skip
@@ -548,6 +580,7 @@ class Repository:
             m.attempts += 1
             m.started_at = now
             m.worker = None
+            m.progress, m.heartbeat_at = None, now
         for k, v in values.items():
             setattr(m, k, v)
         m.status = state.value
@@ -555,6 +588,30 @@ class Repository:
             m.finished_at = now
         m.updated_at = now
         return _trial(m)
+
+    def record_progress(
+        self, trial_id: int, attempt: int, progress: dict[str, Any], beat_at: datetime
+    ) -> bool:
+        """Store a running attempt's progress report and heartbeat time; False (nothing stored)
+        if the trial is no longer running that attempt."""
+        m = self._s.get(TrialModel, trial_id, with_for_update=True)
+        if m is None:
+            raise NotFoundError(f"trial {trial_id} not found")
+        if m.status != TrialState.RUNNING.value or m.attempts != attempt:
+            return False
+        m.progress, m.heartbeat_at = dict(progress), beat_at
+        m.updated_at = utcnow()
+        return True
+
+    def record_lost_attempt(self, trial_id: int, attempt: int, code: str, message: str) -> None:
+        """Note that attempt `attempt` of a trial was lost (its state does not change)."""
+        m = self._s.get(TrialModel, trial_id, with_for_update=True)
+        if m is None:
+            raise NotFoundError(f"trial {trial_id} not found")
+        entry = {"attempt": attempt, "code": code, "message": message,
+                 "at": utcnow().isoformat()}  # fmt: skip
+        m.lost_attempts = [*(m.lost_attempts or []), entry]
+        m.updated_at = utcnow()
 
     def fail_unfinished_trials(self, job_id: int, code: str, message: str) -> int:
         """Fail every pending/running trial of a job (cancel); returns how many."""

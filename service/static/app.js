@@ -157,7 +157,10 @@
     function renderTeachers(ts) {
       document.getElementById("teacher-rows").innerHTML = ts.slice().reverse().map((t) => `
         <tr><td>#${t.id}</td><td>${esc(t.arch)}</td><td>${esc(t.dataset)}</td>
-        <td>${badge(t.status)}${t.error ? ` <span class="error small">${esc(t.error)}</span>` : ""}</td>
+        <td>${badge(t.status)}${t.status === "training" && t.progress && t.progress.epochs
+          ? ` <span class="small muted">epoch ${t.progress.epoch}/${t.progress.epochs}` +
+            (t.progress.val_accuracy == null ? "" : ` · val ${pct(t.progress.val_accuracy)}`) + "</span>"
+          : ""}${t.error ? ` <span class="error small">${esc(t.error)}</span>` : ""}</td>
         <td class="num">${count(t.params)}</td><td class="num">${pct(t.accuracy)}</td>
         <td class="num">${age(t.created_at)}</td></tr>`).join("") ||
         `<tr><td colspan="7" class="muted">No teachers yet.</td></tr>`;
@@ -179,7 +182,9 @@
   const COLUMNS = [
     // Trial ids (not the job-local `number`) everywhere: they are what the API and CLI take.
     ["number", "trial", (t) => t.number, (t) => t.id],
-    ["status", "status", (t) => t.status, (t) => badge(t.status)],
+    ["status", "status", (t) => t.status, (t) => badge(t.status) + trialProgress(t)],
+    ["step", "step", (t) => t.step, (t) => (t.step == null ? "–" : t.step), "num"],
+    ["kernel", "kernel", (t) => t.kernel, (t) => (t.kernel == null ? "–" : t.kernel), "num"],
     ["params", "params", (t) => t.params, (t) => count(t.params), "num"],
     ["flops", "FLOPs", (t) => t.flops, (t) => count(t.flops), "num"],
     ["accuracy", "accuracy", (t) => t.accuracy, (t) => pct(t.accuracy), "num"],
@@ -192,6 +197,17 @@
     ["error", "error", (t) => t.error, (t) => (t.error
       ? `<span class="error" title="${esc(t.error)}">${esc(t.error_code || "")} ${esc(t.error)}</span>` : "")],
   ];
+
+  // A running trial's epochs as a bar, with its last validation accuracy (from the heartbeat).
+  function trialProgress(t) {
+    const p = t.progress;
+    if (t.status !== "running" || !p || !p.epochs) return "";
+    const frac = Math.min(1, p.epoch / p.epochs);
+    const acc = p.val_accuracy == null ? "" : ` · val ${pct(p.val_accuracy)}`;
+    return `<div class="trial-progress" title="epoch ${p.epoch} of ${p.epochs}${acc}">
+      <div class="bar"><div style="width:${(100 * frac).toFixed(1)}%"></div></div>
+      <span class="small muted">epoch ${p.epoch}/${p.epochs}${acc}</span></div>`;
+  }
 
   function jobPage(jobId) {
     view.innerHTML = `

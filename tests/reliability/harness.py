@@ -152,6 +152,7 @@ def ledger(trials: list[dict[str, Any]], budget: int) -> dict[str, int]:
         "lost": sum(1 for n in range(budget) if n not in ok),
         "duplicates": sum(k - 1 for k in numbers.values()) + sum(k - 1 for k in actions.values()),
         "reruns": sum(max(0, t["attempts"] - 1) for t in trials),
+        "lost_attempts_recorded": sum(len(t.get("lost_attempts") or []) for t in trials),
     }
 
 

@@ -39,7 +39,9 @@ def test_killed_worker_is_retried_and_nothing_is_lost_or_doubled(
     # each kill costs at most one re-run, and a victim that had not finished yet was re-run
     assert fig["reruns"] <= fig["faults_injected"]
     assert fig["victims_retried"] + fig["victims_finished_before_kill"] == 1, fig
-    assert "worker died on trial" in server.tail(10**7)
+    assert "on trial" in server.tail(10**7) and "lost: " in server.tail(10**7)
+    # every re-run is explained by a lost attempt recorded on its trial
+    assert fig["lost_attempts_recorded"] == fig["reruns"], fig
 
 
 @pytest.mark.parametrize("strategy", ["random", "esnac"])

@@ -144,12 +144,15 @@ def test_result_table_ranks_by_reward_with_times_smaller() -> None:
               _trial(4, 0.9, 200), _trial(5, None, 10, "failed")]  # fmt: skip
     assert [t["id"] for t in ranked_trials(trials)] == [4, 2, 1]
     teacher = {"arch": "resnet20", "params": 1000, "accuracy": 0.95}
-    rows = results_rows(trials, teacher, top=2)
-    assert rows[0][:5] == ["teacher", "resnet20", "1000", "95.00%", "1.00x"]
-    assert [r[1] for r in rows[1:]] == [4, 2]
-    assert rows[1][4] == "5.00x" and rows[2][4] == "4.00x"
-    table = format_table(("a", "b", "c", "d", "e", "f", "g", "h"), rows).splitlines()
-    assert len(table) == 2 + 3 and table[1].startswith("-------")
+    trials[3] |= {"step": 2, "kernel": 5}  # trial 4: proposed by kernel 5 of step 2
+    trials[1] |= {"step": 0, "kernel": None}  # trial 2: a random pick of the first step
+    rows = results_rows(trials, teacher, top=3)
+    assert rows[0][:6] == ["teacher", "resnet20", "-", "1000", "95.00%", "1.00x"]
+    assert [r[1] for r in rows[1:]] == [4, 2, 1]
+    assert [r[2] for r in rows[1:]] == ["2/5", "0/-", "-"]
+    assert rows[1][5] == "5.00x" and rows[2][5] == "4.00x"
+    table = format_table(("a", "b", "c", "d", "e", "f", "g", "h", "i"), rows).splitlines()
+    assert len(table) == 2 + 4 and table[1].startswith("-------")
 
 
 def test_progress_bar_prints_one_line_per_change_off_a_terminal() -> None:

@@ -72,9 +72,11 @@ def test_register_submit_watch_results_export(
 
         code, out, _ = _run(capsys, "results", "1", "--url", server.url)
         table = out.splitlines()
-        assert table[1].split() == ["rank", "trial", "params", "accuracy", "times", "smaller",
-                                    "C", "reward", "final", "acc"]  # fmt: skip
+        assert table[1].split() == ["rank", "trial", "step/kernel", "params", "accuracy", "times",
+                                    "smaller", "C", "reward", "final", "acc"]  # fmt: skip
         assert table[3].split()[0] == "teacher" and len(table) == 6
+        # random search, one candidate per step: steps 0 and 1, no kernel
+        assert sorted(row.split()[2] for row in table[4:]) == ["0/-", "1/-"]
 
         code, out, _ = _run(capsys, "status", "--url", server.url)
         assert code == 0 and out.splitlines()[2].split()[:2] == ["1", "succeeded"]

@@ -96,6 +96,7 @@ def test_new_trials_appear_without_reload_while_a_job_runs(
         "ESNAC_WORKERS": "1",
         "ESNAC_CPUS_PER_TRIAL": "1",
         "ESNAC_THREADS_PER_TRIAL": "1",
+        "ESNAC_HEARTBEAT_TIMEOUT": "5",  # progress polled every second
     }
     with local_server(tmp_path, env=env) as server, Client(server.url, server.token) as client:
         teacher = _upload_teacher(client)
@@ -118,6 +119,12 @@ def test_new_trials_appear_without_reload_while_a_job_runs(
             timeout=120_000,
         )
         assert rows.count() >= first_rows and done.count() > first_done
+        # a running trial shows its epochs as a bar, from the worker's heartbeat
+        bar = page.locator("#trial-rows tr.st-running .trial-progress")
+        bar.first.wait_for(timeout=120_000)
+        assert "epoch" in bar.first.inner_text() and "/2" in bar.first.inner_text()
+        headers = page.locator("#trials thead th").all_inner_texts()
+        assert "step" in headers and "kernel" in headers
         assert _not_reloaded(page)
 
         final = client.job(job["id"])

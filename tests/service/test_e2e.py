@@ -210,7 +210,9 @@ def test_restart_and_dead_worker_keep_every_finished_trial(
     finished_late = v["finished_at"] > time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(killed_at))
     if finished_late:  # (else it finished just before the kill: the race is lost, fine)
         assert v["attempts"] >= victim["attempts"] + 1
-        assert f"worker died on trial {victim['id']}" in server2.log.read_text()
+        assert f"on trial {victim['id']} lost" in server2.log.read_text()
+        lost = [e for e in v["lost_attempts"] if e["attempt"] == victim["attempts"]]
+        assert [e["code"] for e in lost] == ["worker_died"], v["lost_attempts"]
     assert max(t["attempts"] for t in trials.values()) <= 3
 
     # cancel a running job: unfinished trials fail as cancelled, nothing changes afterwards

@@ -94,6 +94,45 @@ def test_trial_lifecycle_and_finished_trials_are_frozen(storage: Storage) -> Non
         }  # fmt: skip
 
 
+def test_steps_kernels_progress_and_lost_attempts(storage: Storage) -> None:
+    job_id = _job(storage)
+    with storage.session() as repo:
+        warm = repo.create_trials(job_id, [{"removed": [0]}, {"removed": [1]}], step=0)
+        step = repo.create_trials(
+            job_id, [{"removed": [2]}, {"removed": [3]}], step=1, kernels=[3, None]
+        )
+        with pytest.raises(Exception, match="2 actions but 1 kernels"):
+            repo.create_trials(job_id, [{"removed": [4]}, {"removed": [5]}], kernels=[0])
+    assert [(t.number, t.step, t.kernel) for t in warm + step] == [
+        (0, 0, None), (1, 0, None), (2, 1, 3), (3, 1, None),
+    ]  # fmt: skip
+    tid = step[0].id
+    report = {"phase": "train", "epoch": 2, "epochs": 5, "val_accuracy": 0.5, "seconds": 3.0}
+    with storage.session() as repo:
+        now = repo.get_trial(tid).updated_at + timedelta(seconds=1)
+        assert not repo.record_progress(tid, 0, report, now)  # pending: nothing to report on
+        t = repo.update_trial(tid, TrialState.RUNNING, new_attempt=True)
+        assert t.heartbeat_at is not None and t.progress is None
+        assert not repo.record_progress(tid, 2, report, now)  # not this trial's attempt
+        assert repo.record_progress(tid, 1, report, now)
+        repo.record_lost_attempt(tid, 1, "stalled", "no heartbeat for 601 s")
+    with storage.session() as repo:
+        t = repo.get_trial(tid)
+        assert t.progress == report and t.heartbeat_at == now
+        assert [(e["attempt"], e["code"]) for e in t.lost_attempts] == [(1, "stalled")]
+        # a new attempt starts without the old one's progress; the lost attempt stays recorded
+        t = repo.update_trial(tid, TrialState.RUNNING, new_attempt=True)
+        assert t.progress is None and t.attempts == 2 and len(t.lost_attempts) == 1
+        teacher = repo.create_teacher(
+            arch="resnet20", num_classes=10, dataset="digits", status=TeacherState.TRAINING,
+            source="trained", params=1, input_shape=(3, 32, 32),
+        )  # fmt: skip
+        assert repo.record_teacher_progress(teacher.id, report)
+        assert repo.get_teacher(teacher.id).progress == report
+        repo.finish_teacher(teacher.id, error="boom")
+        assert not repo.record_teacher_progress(teacher.id, report)  # finished: not stored
+
+
 def test_racing_finishers_exactly_one_wins(storage: Storage) -> None:
     job_id = _job(storage, n_trials=1)
     with storage.session() as repo:

@@ -98,3 +98,38 @@ def test_two_actors_match_the_in_process_runs(
     finally:
         for w in workers:
             ray.kill(w)
+
+
+def test_progress_is_answered_while_a_trial_trains(
+    ray_session: str, small_npz: str, teacher_bytes: bytes
+) -> None:
+    import time
+
+    ctx = JobContext("job-p", "resnet20", 10, teacher_bytes, 0.8, small_npz)
+    state = prepare_job(ctx, device="cpu")
+    action = state.space.sample(np.random.default_rng(0)).to_dict()
+    spec = TrialSpec(0, action, seed=1, training=SearchTraining(epochs=6, max_train_samples=64))
+    worker = RemoteTrialWorker.options(num_cpus=1).remote(device="cpu", threads=1)
+    try:
+        ctx_dict = {k: v for k, v in dataclasses.asdict(ctx).items() if k != "teacher_weights"}
+        ray.get(worker.prepare.remote(ctx_dict, ray.put(teacher_bytes)))
+        assert ray.get(worker.progress.remote()) is None  # idle
+        running = worker.evaluate.remote("job-p", spec.to_dict())
+        reports = []
+        while not ray.wait([running], timeout=0)[0]:
+            # answered from its own concurrency group while `evaluate` holds the default one
+            report = ray.get(worker.progress.remote(), timeout=30)
+            if report is not None:
+                reports.append(report)
+            time.sleep(0.05)
+        result = ray.get(running)
+        assert reports and all(r["phase"] in ("prepare", "train") for r in reports)
+        trained = [r for r in reports if r["phase"] == "train"]
+        assert trained and all(r["epochs"] == 6 for r in trained)
+        assert max(r["epoch"] for r in trained) >= 1 and min(r["silent_s"] for r in reports) < 5
+        done = [r for r in trained if r["epoch"] >= 1]
+        # the reported validation accuracy is the trial's own history
+        assert done[-1]["val_accuracy"] == pytest.approx(result["history"][done[-1]["epoch"] - 1])
+        assert ray.get(worker.progress.remote()) is None
+    finally:
+        ray.kill(worker)

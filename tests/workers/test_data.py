@@ -75,8 +75,14 @@ def test_npz_content_errors(tmp_path: Path) -> None:
     with pytest.raises(BadSpecError, match="'x'"):
         load_dataset(f"npz:{tmp_path / 'g.npz'}")
     (tmp_path / "h.npz").write_bytes(b"not a zip")
-    with pytest.raises(BadSpecError, match="cannot read"):
+    with pytest.raises(BadSpecError, match="is not an .npz file of plain arrays"):
         load_dataset(f"npz:{tmp_path / 'h.npz'}")
+    # object arrays would need unpickling: refused, and the message never suggests it
+    np.savez(tmp_path / "o.npz", x=np.array([{"a": 1}] * 4, dtype=object), y=np.zeros(4))
+    for read in (load_dataset, dataset_info):
+        with pytest.raises(BadSpecError, match="plain arrays") as err:
+            read(f"npz:{tmp_path / 'o.npz'}")
+        assert "pickle" not in err.value.message
 
 
 def test_cifar_without_a_copy_says_how_to_get_one(tmp_path: Path) -> None:
