@@ -7,7 +7,15 @@ Public names are loaded on first use (PEP 562), so importing one light module of
 from __future__ import annotations
 
 import importlib
+import warnings
 from typing import Any
+
+# GPyTorch (imported by BoTorch) decorates functions with `torch.jit.script` when imported, which
+# torch deprecates: one FutureWarning on every import and server start that says nothing about
+# this product and hides real warnings. Only that message is silenced.
+warnings.filterwarnings(
+    "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+)
 
 _EXPORTS = {
     "ArchitectureEncoder": "embedding.encoder",

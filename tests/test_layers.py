@@ -63,3 +63,11 @@ def test_teacher_requests_leave_torch_out_of_the_api_process(tmp_path) -> None:
         "    assert bad.status_code == 422 and 'missing' in bad.text, bad.text\n"
     )
     assert _loaded_after(statement) == []
+
+
+def test_importing_the_searchers_prints_no_jit_deprecation_warning() -> None:
+    out = subprocess.run(
+        [sys.executable, "-W", "default", "-c", "import embedding.search, service.fitter"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert "torch.jit.script" not in out.stderr, out.stderr

@@ -298,8 +298,10 @@ def print_results(client: Client, job: dict[str, Any], top: int = 5) -> None:
     """Print the result table of a job: the teacher, then its best students."""
     teacher = client.teacher(job["teacher_id"])
     trials = client.trials(job["id"])
+    evaluated = len(ranked_trials(trials))
+    shown = f", the best {top} shown" if evaluated > top else ""
     print(
-        f"job {job['id']} ({job['status']}): {len(ranked_trials(trials))} students evaluated, "
+        f"job {job['id']} ({job['status']}): {evaluated} students evaluated{shown}, "
         f"teacher {teacher['arch']} on {job['dataset']}"
     )
     print(format_table(RESULT_HEADERS, results_rows(trials, teacher, top)))
@@ -345,9 +347,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     out.write_bytes(response.content)
     action_path = out.with_name(out.name + ".action.json")
     action_path.write_text(json.dumps(trial["action"], indent=2) + "\n")
-    which = response.headers.get("X-ESNAC-Weights", kind)
+    if kind == "onnx":
+        which = "the ONNX model"
+    else:  # "final" after full training, else the search-time weights
+        which = f"the {response.headers.get('X-ESNAC-Weights', 'search')} weights"
     print(
-        f"trial {trial['id']}: wrote {which} {kind} ({len(response.content):,} bytes) to {out}, "
+        f"trial {trial['id']}: wrote {which} ({len(response.content):,} bytes) to {out}, "
         f"its architecture (action) to {action_path}"
     )
     return 0

@@ -217,7 +217,8 @@
         <section class="card"><div class="card-head"><h2>Best reward so far</h2></div>
           <div id="chart-best" class="chart-box"></div></section>
         <section class="card"><div class="card-head"><h2>Accuracy vs parameters</h2>
-          <span class="legend"><i class="lg-front"></i>Pareto front <i class="lg-teacher"></i>teacher</span></div>
+          <span class="legend"><i class="lg-front"></i>Pareto front <i class="lg-teacher"></i>teacher
+          <i class="lg-reward"></i>colour: reward, low → high</span></div>
           <div id="chart-scatter" class="chart-box"></div></section>
       </div>
       <section class="card" id="topk-card" hidden><div class="card-head"><h2>Fully trained students</h2></div>

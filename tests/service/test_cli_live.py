@@ -86,14 +86,14 @@ def test_register_submit_watch_results_export(
         best = tmp_path / "best.safetensors"
         code, out, _ = _run(capsys, "export", "--job", "1", "--rank", "1", "-o", str(best),
                             "--url", server.url)  # fmt: skip
-        assert code == 0 and "wrote final weights" in out
+        assert code == 0 and "wrote the final weights" in out
         action = Action.from_json(json.loads(Path(f"{best}.action.json").read_text()))
         student = CompressionSpace.for_teacher(teacher).materialize(action)
         load_state_safetensors(student, best.read_bytes(), strict=True)
 
         code, out, _ = _run(capsys, "export", str(ranked[0]["id"]), "--format", "onnx",
                             "-o", str(tmp_path), "--url", server.url)  # fmt: skip
-        assert code == 0
+        assert code == 0 and "wrote the ONNX model (" in out and "onnx onnx" not in out
         onnx.checker.check_model(onnx.load(tmp_path / f"trial-{ranked[0]['id']}.onnx"))
 
         code, _, err = _run(capsys, "export", str(ranked[1]["id"]), "--format", "onnx",

@@ -141,6 +141,7 @@ def test_new_trials_appear_without_reload_while_a_job_runs(
         best = page.locator("#chart-best svg circle")
         assert best.count() == LIVE_TRIALS
         assert page.locator("#chart-scatter svg .teacher-mark").count() == 1
+        assert "reward, low → high" in page.locator(".legend").last.inner_text()
         href = page.locator("tr[data-final-id] a.dl").first.get_attribute("href")
         assert href and client.request("GET", href).content[:8]  # the download link works
         ARTIFACTS.mkdir(exist_ok=True)
