@@ -292,24 +292,26 @@ def main() -> None:
     args = p.parse_args()
     ray.init(num_cpus=2, log_to_driver=False)
     modes = ["pipelined", "baseline"] if args.mode == "both" else [args.mode]
-    runs = []
+    runs: list[dict[str, Any]] = []
     load = os.getloadavg()
+
+    def write() -> None:  # after every run: a long benchmark keeps what it measured
+        out = {
+            "simulation": "the real coordinator with simulated workers (sleep + pool look-up)",
+            "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "load_average_before": load, "load_average_after": os.getloadavg(),
+            "cpus": os.cpu_count(), "runs": runs,
+        }  # fmt: skip
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.workers:
             for mode in modes:
                 run = asyncio.run(_run_job(args, n, mode, Path(tmp)))
                 runs.append(run)
-                print(json.dumps({k: v for k, v in run.items() if not isinstance(v, list)}),
-                      flush=True)  # fmt: skip
-    out = {
-        "simulation": "the real coordinator with simulated workers (sleep + pool look-up)",
-        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-        "load_average_before": load, "load_average_after": os.getloadavg(),
-        "cpus": os.cpu_count(), "runs": runs,
-    }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
-
+                write()
+                print(json.dumps(run), flush=True)
 
 if __name__ == "__main__":
     main()
