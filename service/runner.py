@@ -360,6 +360,10 @@ class JobRunner:
 
         # attempts already made (before a restart) count against ESNAC_MAX_ATTEMPTS
         left = s.settings.max_attempts - trial.attempts
+        result: dict[str, Any] | None = None
+        code: str | None = None
+        message: str | None = None
+        exhausted = False  # every attempt lost: no attempt number to check the result against
         try:
             if left < 1:
                 raise WorkersDiedError(f"on trial {trial.id}", trial.attempts, None)
@@ -368,22 +372,23 @@ class JobRunner:
             )
         except WorkersDiedError as e:
             last = error_of(e.last)[1] if e.last is not None else "interrupted"
-            await self._finish(
-                current, action, None, e.code,
+            exhausted, code = True, e.code
+            message = (
                 f"gave up after {current.attempts} attempts (ESNAC_MAX_ATTEMPTS="
-                f"{s.settings.max_attempts}); the last: {last}",
-            )  # fmt: skip
-            return
+                f"{s.settings.max_attempts}); the last: {last}"
+            )
         except (StaleTrialError, UpdateFinishedTrialError):
             return
         except Exception as e:  # noqa: BLE001 - a worker error is the trial's result
             code, message = error_of(e)
-            await self._finish(current, action, None, code, message, attempt=current.attempts)
-            return
-        else:
-            await self._finish(current, action, result, attempt=current.attempts)
         finally:
+            # The worker is free as soon as its call returns: the next candidate starts while
+            # this result waits for the searcher (which a running fit may hold).
             s.pool.release(slot)
+        if exhausted:
+            await self._finish(current, action, None, code, message)
+        else:
+            await self._finish(current, action, result, code, message, attempt=current.attempts)
 
     def _update(self, trial_id: int, state: TrialState, **kw: Any) -> Trial:
         with self.s.storage.session() as repo:
