@@ -13,6 +13,9 @@ searcher hears of it. BO fitting runs in the scheduler's `Fitter` process, so th
 deadlines; progress is stored on the trial). After the search the top-k students are fully
 trained and exported. On start-up, an unfinished job resumes from the database: finished trials
 are kept and replayed into a fresh searcher, unfinished ones go back to the queue.
+
+Why one module of ~520 lines: the step loop, a trial's attempts and the final training share one
+job's state (its searcher and the lock around it, the worker context, the teacher's object ref).
 """
 
 from __future__ import annotations

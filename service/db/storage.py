@@ -3,7 +3,7 @@
 `Storage(url)` owns the engine; `with storage.session() as repo:` is one transaction (committed
 on success, rolled back on error) whose `Repository` methods return frozen domain objects.
 
-Why one module of ~600 lines: it is the one place that touches sessions and rows (STYLE.md,
+Why one module of ~650 lines: it is the one place that touches sessions and rows (STYLE.md,
 "the database backend lives in one place"), so every query and state change is here, behind
 the transition table of `service.db.domain`.
 """
