@@ -12,6 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from sqlalchemy.exc import DBAPIError
 
 from service.api.limits import BodyLimit
@@ -80,7 +81,9 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. The database schema is checked (not migrated) when the app starts."""
     settings = settings or Settings()
-    app = FastAPI(
+    # The API docs (/docs, /redoc) load Swagger UI and ReDoc from files shipped in the
+    # `fastapi-offline` package, never from a CDN: clusters are often air-gapped.
+    app = FastAPIOffline(
         title="ESNAC",
         version="0.1.0",
         description="Neural network compression by Bayesian optimisation over a learned "
