@@ -150,3 +150,39 @@ def test_daemon_thread_calls_leave_the_loop_running_and_do_not_block_exit() -> N
         "asyncio.run(main())\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_the_fit_process_dies_with_a_killed_coordinator() -> None:
+    # A coordinator killed with SIGKILL runs no shutdown code; its fit process must not stay
+    # behind as an orphan (it holds the teachers' spaces).
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import os, sys, time\n"
+        "from service.fitter import Fitter\n"
+        "f = Fitter(threads=1)\n"
+        "print(f._pool().submit(os.getpid).result(timeout=120), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    coordinator = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert coordinator.stdout is not None
+        fit_pid = int(coordinator.stdout.readline())
+        os.kill(fit_pid, 0)  # alive while the coordinator lives
+        coordinator.send_signal(signal.SIGKILL)
+        coordinator.wait(30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                os.kill(fit_pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"fit process {fit_pid} outlived its killed coordinator")
+    finally:
+        if coordinator.poll() is None:
+            coordinator.kill()
