@@ -285,12 +285,8 @@ class _FxVisitor:
                      self.graph.spec(src), 1)  # fmt: skip
         elif method and target == "chunk":
             self.chunk(node)
-        elif (
-            target is operator.getitem
-            and isinstance(node.args[0], torch.fx.Node)
-            and isinstance(self.where.get(node.args[0].name), tuple)
-        ):
-            self.chunk_part(node)
+        elif target is operator.getitem and (chunk := self._chunk_read(node)) is not None:
+            self.chunk_part(node, chunk)
         else:
             name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
             raise UnsupportedModelError(
@@ -343,10 +339,16 @@ class _FxVisitor:
         self.graph.freeze(src)
         self.where[node.name] = ("chunk", src, chunks)
 
-    def chunk_part(self, node: torch.fx.Node) -> None:
+    def _chunk_read(self, node: torch.fx.Node) -> tuple[str, int, int] | None:
+        """The `chunk` record that `node` (a `getitem`) indexes, or None if it reads no chunk."""
         parent = node.args[0]
-        assert isinstance(parent, torch.fx.Node)  # checked by `function`
-        _, src, chunks = self.where[parent.name]
+        if not isinstance(parent, torch.fx.Node):
+            return None
+        record = self.where.get(parent.name)
+        return record if isinstance(record, tuple) else None
+
+    def chunk_part(self, node: torch.fx.Node, chunk: tuple[str, int, int]) -> None:
+        _, src, chunks = chunk
         part = int(node.args[1])  # type: ignore[arg-type]
         channels = sum(s for _, s in self.graph.spec(src))
         step = -(-channels // chunks)
