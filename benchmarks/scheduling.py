@@ -56,8 +56,12 @@ RESULTS = ROOT / "results" / "scheduling.json"
 class ReplayWorker:
     """A trial worker whose evaluation is a table look-up after a sleep (a simulated GPU)."""
 
-    def __init__(self, table: dict[str, dict[str, Any]], seconds: float) -> None:
+    def __init__(self, table: dict[str, dict[str, Any]], seconds: float, spread: bool) -> None:
         self.table, self.seconds = table, seconds
+        # --durations pool: each trial lasts `seconds` x its member's measured training time over
+        # the pool's median (bigger students train longer); fixed: every trial lasts `seconds`
+        median = float(np.median([row["seconds"] for row in table.values()]))
+        self.scale = {k: row["seconds"] / median if spread else 1.0 for k, row in table.items()}
         self.spans: list[tuple[float, float]] = []
         self.started: float | None = None
 
@@ -76,13 +80,15 @@ class ReplayWorker:
 
     def evaluate(self, job_key: str, spec: dict[str, Any]) -> dict[str, Any]:
         self.started = start = time.time()
-        time.sleep(self.seconds)
-        row = self.table[Action.from_json(spec["action"]).key]
+        key = Action.from_json(spec["action"]).key
+        row = self.table[key]
+        time.sleep(self.seconds * self.scale[key])
         self.spans.append((start, time.time()))
         self.started = None
         keys = ("params", "flops", "accuracy", "compression", "reward")
         out: dict[str, Any] = {k: row[k] for k in keys}
-        out.update(history=[], seconds={"train": self.seconds}, worker=self.name(), weights=None)
+        took = self.seconds * self.scale[key]
+        out.update(history=[], seconds={"train": took}, worker=self.name(), weights=None)
         return out
 
     def timeline(self) -> list[tuple[float, float]]:
@@ -97,10 +103,11 @@ class ReplayPool(WorkerPool):
 
     table: dict[str, dict[str, Any]] = {}
     seconds = 60.0
+    spread = False
     made: list[Any] = []
 
     def _new_actor(self) -> Any:
-        actor = ReplayWorker.remote(self.table, self.seconds)
+        actor = ReplayWorker.remote(self.table, self.seconds, self.spread)
         self.made.append(actor)
         return actor
 
@@ -200,6 +207,7 @@ async def _run_job(args: argparse.Namespace, workers: int, mode: str, tmp: Path)
     pool_data = json.loads(args.pool.read_text())
     table = {e["key"]: e for e in pool_data["entries"]}
     ReplayPool.table, ReplayPool.seconds, ReplayPool.made = table, args.trial_seconds, []
+    ReplayPool.spread = args.durations == "pool"
     PoolFitter.members = [e["action"] for e in pool_data["entries"]]
     PoolFitter.fits = []
     url = f"sqlite:///{tmp / f'{mode}-{workers}.db'}"
@@ -280,6 +288,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, nargs="+", default=[8, 32])
     p.add_argument("--trial-seconds", type=float, default=60.0)
+    p.add_argument(
+        "--durations",
+        choices=("fixed", "pool"),
+        default="fixed",
+        help="fixed: every trial lasts --trial-seconds; pool: --trial-seconds x the member's "
+        "measured training time over the pool's median (the spread of real trials)",
+    )
     p.add_argument("--budget", type=int, default=160)
     p.add_argument("--per-step", type=int, default=8)
     p.add_argument("--kernels", type=int, default=8)
@@ -312,6 +327,7 @@ def main() -> None:
                 runs.append(run)
                 write()
                 print(json.dumps(run), flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -40,16 +40,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
             ) as server,
         ):
             url = server.url
-            print(f"== dashboard: {url}/   (API docs: {url}/docs, log: {server.log_path})")
+            print(f"== dashboard: {url}/   (API docs: {url}/docs)")
+            note = "  (deleted when the demo ends; --keep-dir keeps it)"
+            print(f"   server log: {server.log_path}{note if temp and not args.keep_dir else ''}")
             with Client(url, server.token) as client:
-                _demo_run(client, args, url)
+                job_id = _demo_run(client, args, url)
             print(f"== demo finished in {format_duration(time.monotonic() - started)}")
             if args.keep_serving:
-                print(
-                    f"== serving the dashboard at {url}/ (API token {server.token}); "
-                    "Ctrl-C stops it"
-                )
+                print(f"== still serving: dashboard of this job at {url}/#/jobs/{job_id}")
+                print(f"   API token (for submit/cancel): {server.token}")
+                print(f"   export ESNAC_URL={url} ESNAC_API_TOKEN={server.token}")
+                print(f"   then e.g. esnac status {job_id}; esnac cancel <job>")
+                print("   Ctrl-C stops the server")
                 _wait_interrupt(server.server)
+            else:
+                print("== stopping the server (--keep-serving keeps it and its dashboard up)")
     except DevServerError as exc:
         raise CliError(str(exc)) from exc
     finally:
@@ -73,7 +78,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _demo_run(client: Client, args: argparse.Namespace, url: str) -> None:
+def _demo_run(client: Client, args: argparse.Namespace, url: str) -> int:
     teacher = client.post(
         "/v1/teachers/train",
         json={
@@ -103,7 +108,7 @@ def _demo_run(client: Client, args: argparse.Namespace, url: str) -> None:
         raise CliError(f"the demo job {job['id']} {job['status']}: {job.get('error')}")
     print("== results")
     print_results(client, job, top=args.top)
-    print(f"== dashboard of this job: {url}/#/jobs/{job['id']}")
+    return int(job["id"])
 
 
 def _wait_interrupt(server: DevServer) -> None:

@@ -69,13 +69,21 @@ def test_a_signal_stops_the_demo_its_server_and_ray(tmp_path: Path, sig: signal.
         deadline = time.monotonic() + 300
         for line in demo.stdout:
             lines.append(line)
-            if line.startswith("== serving the dashboard"):
+            if line.strip().startswith("Ctrl-C stops the server"):
                 break
             assert time.monotonic() < deadline, "".join(lines)
         else:
             raise AssertionError("the demo ended early:\n" + "".join(lines))
         url = f"http://127.0.0.1:{port}"
         assert httpx.get(url + "/healthz", timeout=5).status_code == 200
+        # the printed token is the one the kept server wants for mutating requests
+        [export] = [x.split() for x in lines if x.strip().startswith("export ESNAC_URL=")]
+        assert export[1] == f"ESNAC_URL={url}", lines
+        token = export[2].removeprefix("ESNAC_API_TOKEN=")
+        cancel = url + "/v1/jobs/1/cancel"
+        assert httpx.post(cancel, timeout=10).status_code == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        assert httpx.post(cancel, headers=auth, timeout=10).status_code != 401
         server_sid = os.getsid(_server_pid(port))
         assert _processes_of_session(server_sid)
         demo.send_signal(sig)
