@@ -66,7 +66,7 @@ def test_each_step_is_per_step_candidates_from_distinct_kernels(
         rf"job {job['id']}: proposing 8 candidates from (\d+) results \(esnac\)",
         server.log.read_text(errors="replace"),
     )
-    assert len(fits) == 1 and 2 <= int(fits[0]) < 8, (fits, server.tail())
+    assert len(fits) == 2 and fits[0] == "0" and 2 <= int(fits[1]) < 8, (fits, server.tail())
     assert ledger(trials, 16)["duplicates"] == 0
 
 
