@@ -1,4 +1,5 @@
-"""`esnac demo --keep-serving` stops its whole tree on SIGTERM and on SIGINT (Ctrl-C).
+"""`esnac demo --keep-serving` stops its whole tree on SIGTERM and on SIGINT (Ctrl-C); a plain
+`esnac demo` ends with lines that point only at what still exists.
 
 The demo starts the server in its own session (so a terminal's Ctrl-C reaches the demo, which
 then stops the server in order); a signal to the demo must therefore end the server and the
@@ -8,9 +9,11 @@ local Ray it started, never leave them answering on the port.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,3 +102,32 @@ def test_a_signal_stops_the_demo_its_server_and_ray(tmp_path: Path, sig: signal.
     finally:
         if demo.poll() is None:
             demo.kill()
+
+
+def test_the_demo_ends_pointing_only_at_what_still_exists() -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ESNAC_")}
+    # the demo's temporary directory is made here (short: Ray's socket paths live under TMPDIR)
+    tmp_path = Path(tempfile.mkdtemp(prefix="esd-", dir="/tmp"))
+    env["TMPDIR"] = str(tmp_path)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "service.cli", "demo", "--port", str(port),
+             "--teacher-epochs", "1", "--steps", "1", "--per-step", "1", "--search-epochs", "1",
+             "--max-train-samples", "64", "--top-k", "0", "--workers", "1"],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out
+        lines = done.stdout.splitlines()
+        [log_line] = [x for x in lines if x.strip().startswith("server log:")]
+        assert "deleted when the demo ends" in log_line
+        log = Path(log_line.split()[2])
+        assert log.parent.parent == tmp_path and not log.parent.exists(), (log, out)
+        after = lines[lines.index("== results") :]
+        assert not [x for x in after if "http://" in x], out  # no link to the stopped server
+        assert lines[-1].startswith("== stopping the server"), out
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        shutil.rmtree(tmp_path, ignore_errors=True)
