@@ -336,6 +336,7 @@ class JobRunner:
             training=self.training,
             reward=self.job.reward,
             return_weights=True,
+            latency=self.job.latency,
         ).to_dict()
         current = trial
 
@@ -438,6 +439,9 @@ class JobRunner:
                         history=[float(x) for x in result.get("history", [])],
                         seconds={k: float(v) for k, v in result.get("seconds", {}).items()},
                         worker=result.get("worker") or None, weights_id=weights_id,
+                        latency_ms=result.get("latency_ms"),
+                        teacher_latency_ms=result.get("teacher_latency_ms"),
+                        latency_spread=result.get("latency_spread"),
                     )  # fmt: skip
                     return True
                 except (StaleTrialError, UpdateFinishedTrialError):

@@ -13,6 +13,9 @@ from typing import Any, TypeVar
 __all__ = [
     "BadSpecError",
     "FullTraining",
+    "LATENCY_BACKENDS",
+    "LatencySpec",
+    "REWARDS",
     "SearchTraining",
     "TeacherTraining",
     "TrainingFailedError",
@@ -179,6 +182,60 @@ class TeacherTraining(_Settings):
             _check_positive("max_train_samples", self.max_train_samples)
 
 
+#: What the compression C of the reward is measured on.
+REWARDS = ("params", "flops", "latency")
+
+#: Where a latency can be measured (see `workers.latency`).
+LATENCY_BACKENDS = ("onnxruntime-cpu", "torch-cpu", "torch-cuda")
+
+
+@dataclass(frozen=True)
+class LatencySpec:
+    """Where and how a latency is measured.
+
+    Attributes:
+        backend: one of `LATENCY_BACKENDS`.
+        batch: images per forward pass.
+        threads: CPU threads of the run (intra-op threads for ONNX Runtime).
+        warmup: untimed runs first (allocations, caches, lazy initialisation).
+        runs: timed runs; the latency is their median.
+    """
+
+    backend: str = "onnxruntime-cpu"
+    batch: int = 1
+    threads: int = 1
+    warmup: int = 10
+    runs: int = 30
+
+    def validate(self) -> None:
+        if self.backend not in LATENCY_BACKENDS:
+            raise BadSpecError(
+                f"latency backend must be one of {', '.join(LATENCY_BACKENDS)}, "
+                f"got {self.backend!r}"
+            )
+        for name, low, high in (
+            ("batch", 1, 1024),
+            ("threads", 1, 256),
+            ("warmup", 0, 1000),
+            ("runs", 3, 10000),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise BadSpecError(
+                    f"latency {name} must be an integer in [{low}, {high}], got {value!r}"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LatencySpec:
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise BadSpecError(f"unknown latency settings: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     """One candidate to evaluate.
@@ -188,8 +245,12 @@ class TrialSpec:
         action: `Action.to_dict()` of the candidate, relative to the worker's teacher.
         seed: seeds every random number generator of the trial (reproducible results).
         training: search-time distillation settings.
-        reward: "params" or "flops" -- what the compression C is measured on.
+        reward: one of `REWARDS` -- what the compression C is measured on ("latency": the
+            measured latency of `latency`'s target).
         return_weights: include the student's safetensors bytes in the result.
+        latency: `LatencySpec.to_dict()` of the target on which the student and the teacher
+            are timed (None: not measured, unless the reward is "latency", which then uses
+            the default target).
     """
 
     trial_id: int
@@ -198,11 +259,23 @@ class TrialSpec:
     training: SearchTraining = field(default_factory=SearchTraining)
     reward: str = "params"
     return_weights: bool = True
+    latency: dict[str, Any] | None = None
 
     def validate(self) -> None:
-        if self.reward not in ("params", "flops"):
-            raise BadSpecError(f"reward must be 'params' or 'flops', got {self.reward!r}")
+        if self.reward not in REWARDS:
+            raise BadSpecError(f"reward must be one of {', '.join(REWARDS)}, got {self.reward!r}")
         self.training.validate()
+        spec = self.latency_spec()
+        if spec is not None:
+            spec.validate()
+
+    def latency_spec(self) -> LatencySpec | None:
+        """The latency target of this trial (None: latency is not measured)."""
+        if self.latency is not None:
+            if not isinstance(self.latency, dict):
+                raise BadSpecError(f"latency must be an object, got {self.latency!r}")
+            return LatencySpec.from_dict(self.latency)
+        return LatencySpec() if self.reward == "latency" else None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -227,6 +300,9 @@ class TrialResult:
         seconds: wall-clock timings ("build", "train", "eval", "total").
         weights: the trained student's state dict as safetensors bytes (or None).
         worker: a name for the process that ran the trial (host:pid).
+        latency_ms / teacher_latency_ms: the median measured latency of the student and of the
+            teacher on the same worker and target (None when not measured).
+        latency_spread: (p90 - p10) / median of the student's timed runs.
     """
 
     trial_id: int
@@ -239,3 +315,6 @@ class TrialResult:
     seconds: dict[str, float]
     weights: bytes | None = None
     worker: str = ""
+    latency_ms: float | None = None
+    teacher_latency_ms: float | None = None
+    latency_spread: float | None = None

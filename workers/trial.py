@@ -32,10 +32,12 @@ from embedding.space import (
 from workers import zoo
 from workers.data import DatasetSplits, load_dataset
 from workers.export import load_state_safetensors, state_to_safetensors, to_onnx
+from workers.latency import Latency, measure_latency
 from workers.progress import Progress
 from workers.spec import (
     BadSpecError,
     FullTraining,
+    LatencySpec,
     TrainingFailedError,
     TrialResult,
     TrialSpec,
@@ -164,6 +166,7 @@ class PreparedJob:
         self.device = device
         self.teacher_flops = model_flops(teacher, splits.input_shape)
         self._logits: torch.Tensor | None = None
+        self._teacher_latency: dict[LatencySpec, Latency] = {}
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -178,6 +181,13 @@ class PreparedJob:
                 self.teacher, self.splits.train.head(want), device=self.device
             )
         return self._logits[:want]
+
+    def teacher_latency(self, spec: LatencySpec) -> Latency:
+        """The teacher's latency on `spec`'s target, measured once per job on this worker (so
+        every student of this worker is compared with a teacher timed on the same machine)."""
+        if spec not in self._teacher_latency:
+            self._teacher_latency[spec] = measure_latency(self.teacher, self.input_shape, spec)
+        return self._teacher_latency[spec]
 
     def action(self, data: dict[str, Any] | str) -> Action:
         """Parse and check an action against this job's teacher.
@@ -298,10 +308,23 @@ def run_trial(
             progress=progress,
         )
         t_distill = time.perf_counter() - t1
+        target = spec.latency_spec()
+        latency = teacher_latency = None
+        t_latency = 0.0
+        if target is not None:
+            t2 = time.perf_counter()
+            latency = measure_latency(student, state.input_shape, target)
+            teacher_latency = state.teacher_latency(target)
+            t_latency = time.perf_counter() - t2
+        size: float
+        teacher_size: float
         if spec.reward == "params":
             size, teacher_size = params, state.space.teacher_params
-        else:
+        elif spec.reward == "flops":
             size, teacher_size = flops, state.teacher_flops
+        else:
+            assert latency is not None and teacher_latency is not None
+            size, teacher_size = latency.median_ms, teacher_latency.median_ms
         weights = state_to_safetensors(student) if spec.return_weights else None
     total = time.perf_counter() - t0
     return TrialResult(
@@ -316,10 +339,14 @@ def run_trial(
             "build": t_build,
             "train": result.seconds,
             "eval": max(0.0, t_distill - result.seconds),
+            **({"latency": t_latency} if target is not None else {}),
             "total": total,
         },
         weights=weights,
         worker=worker_name(),
+        latency_ms=latency.median_ms if latency is not None else None,
+        teacher_latency_ms=teacher_latency.median_ms if teacher_latency is not None else None,
+        latency_spread=latency.spread if latency is not None else None,
     )
 
 

@@ -12,10 +12,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from embedding.options import EsnacOptions as _Esnac
+from workers.spec import LATENCY_BACKENDS, WorkerError
 from workers.spec import FullTraining as _Full
+from workers.spec import LatencySpec as _Latency
 from workers.spec import SearchTraining as _Search
 from workers.spec import TeacherTraining as _Teacher
-from workers.spec import WorkerError
 
 __all__ = [
     "EsnacOptions",
@@ -25,6 +26,7 @@ __all__ = [
     "JobPage",
     "JobPublic",
     "JobStatus",
+    "LatencyIn",
     "Progress",
     "SearchTrainingIn",
     "TeacherPublic",
@@ -130,6 +132,21 @@ class FullTrainingIn(_In):
     gamma: float = Field(default=_Full.gamma, gt=0, le=1)
 
 
+class LatencyIn(_In):
+    """The target on which every student and the teacher are timed (median of `runs` timed
+    forward passes after `warmup` untimed ones, on the worker that trained the student)."""
+
+    backend: Literal[LATENCY_BACKENDS] = Field(  # type: ignore[valid-type]
+        default=_Latency.backend,
+        description="onnxruntime-cpu (the ONNX export run by ONNX Runtime), torch-cpu or "
+        "torch-cuda (eager PyTorch)",
+    )
+    batch: int = Field(default=_Latency.batch, ge=1, le=1024, description="images per pass")
+    threads: int = Field(default=_Latency.threads, ge=1, le=256, description="CPU threads")
+    warmup: int = Field(default=_Latency.warmup, ge=0, le=1000)
+    runs: int = Field(default=_Latency.runs, ge=3, le=10000)
+
+
 class EsnacOptions(_In):
     """Advanced knobs of the ESNAC searcher (defaults: the paper's; ignored by `random`)."""
 
@@ -152,7 +169,16 @@ class JobCreate(_In):
     search: SearchTrainingIn = Field(default_factory=SearchTrainingIn)
     top_k: int = Field(default=4, ge=0, le=64, description="students fully trained at the end")
     full_training: FullTrainingIn = Field(default_factory=FullTrainingIn)
-    reward: Literal["params", "flops"] = "params"
+    reward: Literal["params", "flops", "latency"] = Field(
+        default="params",
+        description="what the compression C of the reward is measured on; latency: the "
+        "measured latency on `latency`'s target (default target when `latency` is not given)",
+    )
+    latency: LatencyIn | None = Field(
+        default=None,
+        description="measure every student's (and the teacher's) latency on this target; "
+        "null: not measured unless reward is latency",
+    )
     seed: int = Field(default=0, ge=0, le=2**31 - 1)
     embedding_from: int | None = Field(
         default=None, description="a finished esnac job whose learned encoder to start from"
@@ -227,6 +253,15 @@ class TrialPublic(BaseModel):
     lost_attempts: list[LostAttempt] = Field(
         description="attempts that ended without a result: the worker died, stalled or timed out"
     )
+    latency_ms: float | None = Field(
+        default=None, description="median measured latency of the student (ms per batch)"
+    )
+    teacher_latency_ms: float | None = Field(
+        default=None, description="the teacher's, measured on the same worker and target"
+    )
+    latency_spread: float | None = Field(
+        default=None, description="(p90 - p10) / median of the student's timed runs"
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -245,7 +280,8 @@ class JobPublic(BaseModel):
     search: SearchTrainingIn
     top_k: int
     full_training: FullTrainingIn
-    reward: Literal["params", "flops"]
+    reward: Literal["params", "flops", "latency"]
+    latency: LatencyIn | None
     seed: int
     embedding_from: int | None
     searcher: EsnacOptions

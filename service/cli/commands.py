@@ -10,13 +10,14 @@ from typing import Any
 
 from service.cli.client import Client, CliError
 from service.cli.render import (
-    RESULT_HEADERS,
     TERMINAL_JOB_STATES,
     ProgressBar,
     format_count,
     format_duration,
     format_table,
+    has_latency,
     ranked_trials,
+    result_headers,
     results_rows,
 )
 
@@ -145,6 +146,17 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
         body["dataset"] = args.dataset
     if getattr(args, "embedding_from", None) is not None:
         body["embedding_from"] = args.embedding_from
+    latency = {
+        key: getattr(args, opt)
+        for opt, key in (
+            ("latency", "backend"),
+            ("latency_threads", "threads"),
+            ("latency_batch", "batch"),
+        )
+        if getattr(args, opt, None) is not None
+    }
+    if latency:
+        body["latency"] = latency
     search: dict[str, Any] = {}
     for opt, key in (
         ("search_epochs", "epochs"),
@@ -304,7 +316,8 @@ def print_results(client: Client, job: dict[str, Any], top: int = 5) -> None:
         f"job {job['id']} ({job['status']}): {evaluated} students evaluated{shown}, "
         f"teacher {teacher['arch']} on {job['dataset']}"
     )
-    print(format_table(RESULT_HEADERS, results_rows(trials, teacher, top)))
+    latency = has_latency(trials)
+    print(format_table(result_headers(latency), results_rows(trials, teacher, top, latency)))
 
 
 def cmd_results(args: argparse.Namespace) -> int:

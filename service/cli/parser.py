@@ -20,6 +20,7 @@ from service.api.schemas import (
 from service.cli import admin, commands
 from service.cli.client import ApiError, CliError, ServerUnreachableError
 from service.cli.demo import cmd_demo
+from workers.spec import LATENCY_BACKENDS, REWARDS
 
 __all__ = ["DEFAULT_URL", "build_parser", "main"]
 
@@ -91,7 +92,14 @@ def _add_search_options(parser: argparse.ArgumentParser, demo: bool = False) -> 
     option("--full-batch-size", 32, FullTrainingIn, "batch_size",
            "full-training batch size", type=_positive_int)  # fmt: skip
     option("--reward", None, JobCreate, "reward", "what C is measured on",
-           choices=("params", "flops"))  # fmt: skip
+           choices=REWARDS)  # fmt: skip
+    g.add_argument("--latency", default=None, choices=LATENCY_BACKENDS,
+                   help="measure every student's latency on this target (--reward latency "
+                   "alone uses onnxruntime-cpu)")  # fmt: skip
+    g.add_argument("--latency-threads", default=None, type=_positive_int,
+                   help="CPU threads of the latency measurement (default 1)")  # fmt: skip
+    g.add_argument("--latency-batch", default=None, type=_positive_int,
+                   help="images per timed forward pass (default 1)")  # fmt: skip
     option("--seed", 0, JobCreate, "seed", "job seed", type=int)
     option("--kernels", None, EsnacOptions, "kernels", "ESNAC: kernels per step",
            type=_positive_int)  # fmt: skip

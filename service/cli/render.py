@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -15,6 +16,8 @@ __all__ = [
     "format_count",
     "format_duration",
     "format_table",
+    "has_latency",
+    "result_headers",
     "ranked_trials",
     "results_rows",
 ]
@@ -83,10 +86,25 @@ def ranked_trials(trials: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(done, key=lambda t: (-t["reward"], t.get("params") or 0))
 
 
+def has_latency(trials: Sequence[dict[str, Any]]) -> bool:
+    """Whether the job measured latencies (then the result table has a latency column)."""
+    return any(t.get("latency_ms") is not None for t in trials)
+
+
+def result_headers(latency: bool) -> tuple[str, ...]:
+    """The result table's headers, with a `latency` column after `params` when measured."""
+    if not latency:
+        return RESULT_HEADERS
+    i = RESULT_HEADERS.index("params") + 1
+    return (*RESULT_HEADERS[:i], "latency", *RESULT_HEADERS[i:])
+
+
 def results_rows(
-    trials: Sequence[dict[str, Any]], teacher: dict[str, Any], top: int
+    trials: Sequence[dict[str, Any]], teacher: dict[str, Any], top: int, latency: bool = False
 ) -> list[list[Any]]:
-    """Rows of the result table: the teacher first, then the `top` best students."""
+    """Rows of the result table: the teacher first, then the `top` best students (with the
+    `result_headers(latency)` columns; the teacher's latency is the median of its
+    measurements on the trials' workers)."""
     teacher_params = int(teacher["params"])
     rows: list[list[Any]] = [
         [
@@ -118,7 +136,18 @@ def results_rows(
                 _pct(final.get("accuracy")),
             ]
         )
+    if latency:
+        i = RESULT_HEADERS.index("params") + 1
+        measured = [t["teacher_latency_ms"] for t in trials if t.get("teacher_latency_ms")]
+        column = [_ms(statistics.median(measured) if measured else None)]
+        column += [_ms(t.get("latency_ms")) for t in ranked_trials(trials)[:top]]
+        for row, cell in zip(rows, column, strict=True):
+            row.insert(i, cell)
     return rows
+
+
+def _ms(x: float | None) -> str | None:
+    return None if x is None else f"{x:.3g} ms"
 
 
 def _step_kernel(t: dict[str, Any]) -> str:

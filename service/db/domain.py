@@ -137,6 +137,8 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    #: the latency target (`workers.spec.LatencySpec` fields; None: latency is not measured)
+    latency: dict[str, Any] | None = None
 
     @property
     def budget(self) -> int:
@@ -180,3 +182,8 @@ class Trial:
     heartbeat_at: datetime | None = None
     #: attempts the coordinator lost: {attempt, code, message, at} (worker died, stalled, ...)
     lost_attempts: list[dict[str, Any]] = field(default_factory=list)
+    #: measured latencies (ms) of the student and of the teacher on the same worker, and the
+    #: student's (p90 - p10) / median over its timed runs (None: not measured)
+    latency_ms: float | None = None
+    teacher_latency_ms: float | None = None
+    latency_spread: float | None = None

@@ -239,6 +239,7 @@ def _job(m: JobModel) -> Job:
         embedding_from=m.embedding_from, searcher=dict(m.searcher), status=JobState(m.status),
         error=m.error, encoder_id=m.encoder_id, created_at=m.created_at,
         started_at=m.started_at, finished_at=m.finished_at, updated_at=m.updated_at,
+        latency=dict(m.latency) if m.latency is not None else None,
     )  # fmt: skip
 
 
@@ -255,13 +256,15 @@ def _trial(m: TrialModel) -> Trial:
         updated_at=m.updated_at, step=m.step, kernel=m.kernel,
         progress=dict(m.progress) if m.progress is not None else None,
         heartbeat_at=m.heartbeat_at, lost_attempts=list(m.lost_attempts or []),
+        latency_ms=m.latency_ms, teacher_latency_ms=m.teacher_latency_ms,
+        latency_spread=m.latency_spread,
     )  # fmt: skip
 
 
 _TRIAL_FIELDS = frozenset(
     {
         "params", "flops", "accuracy", "compression", "reward", "worker", "history", "seconds",
-        "error_code", "error", "weights_id",
+        "error_code", "error", "weights_id", "latency_ms", "teacher_latency_ms", "latency_spread",
     }
 )  # fmt: skip
 

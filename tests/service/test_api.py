@@ -170,6 +170,21 @@ def test_token_is_required_for_mutations(client: TestClient, resnet20_bytes: byt
     assert client.get("/v1/teachers").status_code == 200  # reads need no token
 
 
+def test_a_latency_reward_records_its_target(client: TestClient, resnet20_bytes: bytes) -> None:
+    teacher = _upload(client, resnet20_bytes).json()
+    r = client.post("/v1/jobs", json={"teacher_id": teacher["id"], "reward": "latency"},
+                    headers=AUTH)  # fmt: skip
+    assert r.status_code == 201, r.text
+    # no target given: the default one the workers use is stored with the job
+    assert r.json()["latency"] == {
+        "backend": "onnxruntime-cpu", "batch": 1, "threads": 1, "warmup": 10, "runs": 30,
+    }  # fmt: skip
+    body = {"teacher_id": teacher["id"], "latency": {"backend": "torch-cpu", "threads": 2}}
+    job = client.post("/v1/jobs", json=body, headers=AUTH).json()
+    assert job["reward"] == "params" and job["latency"]["threads"] == 2
+    assert client.get(f"/v1/jobs/{job['id']}").json()["latency"] == job["latency"]
+
+
 def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: bytes) -> None:
     teacher = _upload(client, resnet20_bytes).json()
     bad = [
@@ -182,6 +197,9 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
         ({"teacher_id": teacher["id"], "dataset": "cifar100"}, "has 100 classes"),
         ({"teacher_id": teacher["id"], "bogus": 1}, "Extra inputs"),
         ({"teacher_id": teacher["id"], "search": {"cache_teacher_logits": True}}, "augment=False"),
+        ({"teacher_id": teacher["id"], "latency": {"backend": "tpu"}}, "'torch-cpu'"),
+        ({"teacher_id": teacher["id"], "latency": {"runs": 1}}, "greater than or equal to 3"),
+        ({"teacher_id": teacher["id"], "reward": "speed"}, "'latency'"),
     ]
     for body, needle in bad:
         r = client.post("/v1/jobs", json=body, headers=AUTH)
@@ -197,6 +215,7 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
         "kernels": 8, "subset": 0.5, "candidates": 1000, "train_encoder": True,
     }  # fmt: skip
     assert job["status"] == "queued" and job["progress"]["total"] == 160
+    assert job["reward"] == "params" and job["latency"] is None  # nothing measured by default
     ids = [
         client.post("/v1/jobs", json={"teacher_id": teacher["id"], "strategy": "random"},
                     headers=AUTH).json()["id"]

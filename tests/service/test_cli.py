@@ -11,7 +11,15 @@ import sys
 import pytest
 
 from service.cli import build_parser, job_body, main
-from service.cli.render import ProgressBar, format_table, ranked_trials, results_rows
+from service.cli.render import (
+    RESULT_HEADERS,
+    ProgressBar,
+    format_table,
+    has_latency,
+    ranked_trials,
+    result_headers,
+    results_rows,
+)
 
 
 def _leaf_commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()):
@@ -131,7 +139,14 @@ def test_submit_body_only_sets_given_options() -> None:
     assert body["search"] == {"epochs": 2, "max_train_samples": 256, "augment": False}
     assert body["full_training"] == {"epochs": 5}
     assert body["searcher"] == {"kernels": 4}
-    assert body["dataset"] == "digits" and body["embedding_from"] == 7
+    assert body["dataset"] == "digits" and body["embedding_from"] == 7 and "latency" not in body
+    args = build_parser().parse_args(
+        ["submit", "--teacher", "3", "--reward", "latency", "--latency", "torch-cpu",
+         "--latency-threads", "2"]
+    )  # fmt: skip
+    body = job_body(args)
+    assert body["reward"] == "latency"
+    assert body["latency"] == {"backend": "torch-cpu", "threads": 2}
 
 
 def _trial(i: int, reward: float | None, params: int, status: str = "succeeded") -> dict:
@@ -153,6 +168,21 @@ def test_result_table_ranks_by_reward_with_times_smaller() -> None:
     assert rows[1][5] == "5.00x" and rows[2][5] == "4.00x"
     table = format_table(("a", "b", "c", "d", "e", "f", "g", "h", "i"), rows).splitlines()
     assert len(table) == 2 + 4 and table[1].startswith("-------")
+
+
+def test_result_table_has_a_latency_column_when_latencies_were_measured() -> None:
+    teacher = {"arch": "resnet20", "params": 1000, "accuracy": 0.95}
+    trials = [_trial(1, 0.5, 500), _trial(2, 0.9, 250)]
+    assert not has_latency(trials) and result_headers(False) == RESULT_HEADERS
+    trials[0] |= {"latency_ms": 0.5, "teacher_latency_ms": 2.0}
+    trials[1] |= {"latency_ms": 0.25, "teacher_latency_ms": 1.0}  # another worker
+    assert has_latency(trials)
+    headers = result_headers(True)
+    rows = results_rows(trials, teacher, top=2, latency=True)
+    col = headers.index("latency")
+    assert headers[col - 1] == "params" and all(len(r) == len(headers) for r in rows)
+    # the teacher's latency is the median over the workers' measurements
+    assert [r[col] for r in rows] == ["1.5 ms", "0.25 ms", "0.5 ms"]
 
 
 def test_progress_bar_prints_one_line_per_change_off_a_terminal() -> None:

@@ -100,15 +100,20 @@ def test_esnac_job_end_to_end(servers: list[Server], server_env, tmp_path: Path)
     assert job["status"] == "succeeded", (job, server.log.read_text()[-3000:])
     # Regression: with 2 workers both proposals of `steps=1, per_step=2` come before any
     # observation, so nothing is fitted; the job must still succeed (it once failed storing the
-    # encoder after every trial had succeeded).
+    # encoder after every trial had succeeded). Its reward is the measured latency (default
+    # target: ONNX Runtime, 1 thread, batch 1), the teacher timed on the same worker.
     r = c.post("/v1/jobs", json={
         "teacher_id": teacher["id"], "strategy": "esnac", "steps": 1, "per_step": 2,
         "search": {"epochs": 1, "max_train_samples": 128, "batch_size": 64}, "top_k": 0,
-        "searcher": {"kernels": 2, "candidates": 50},
+        "searcher": {"kernels": 2, "candidates": 50}, "reward": "latency",
     })  # fmt: skip
     small = _wait(c, f"/v1/jobs/{r.json()['id']}", _finished, 300)
     assert small["status"] == "succeeded", (small, server.log.read_text()[-3000:])
     assert small["progress"]["succeeded"] == 2 and small["has_encoder"] is False
+    assert small["reward"] == "latency" and small["latency"]["backend"] == "onnxruntime-cpu"
+    for t in _all_trials(c, small["id"]):
+        assert t["latency_ms"] > 0 and t["teacher_latency_ms"] > 0 and t["latency_spread"] >= 0
+        assert t["compression"] == pytest.approx(1 - t["latency_ms"] / t["teacher_latency_ms"])
     assert job["progress"]["succeeded"] == 4 and job["progress"]["finalized"] == 1
     assert job["has_encoder"]
     trials = _all_trials(c, job["id"])

@@ -9,7 +9,15 @@ from fastapi import APIRouter, HTTPException, Query, status
 
 from service.api.convert import job_public, trial_public
 from service.api.deps import AuthDep, SchedulerDep, SessionDep, SettingsDep, StorageDep
-from service.api.schemas import JobCreate, JobPage, JobPublic, JobStatus, TrialPage, TrialStatus
+from service.api.schemas import (
+    JobCreate,
+    JobPage,
+    JobPublic,
+    JobStatus,
+    LatencyIn,
+    TrialPage,
+    TrialStatus,
+)
 from service.db import JobState, NotFoundError, TeacherState, UpdateFinishedJobError
 from service.db.storage import (
     BadCursorError,
@@ -74,11 +82,14 @@ def create_job(
                     f"embedding_from: job {src.id} ({src.strategy}, {src.status.value}) has no "
                     "learned encoder; use a succeeded esnac job"
                 )
+        # a latency reward without a target records the default one the workers use
+        latency = body.latency or (LatencyIn() if body.reward == "latency" else None)
         job = repo.create_job(
             teacher_id=teacher.id, dataset=dataset, strategy=body.strategy, steps=body.steps,
             per_step=body.per_step, search=body.search.model_dump(), top_k=body.top_k,
             full_training=body.full_training.model_dump(), reward=body.reward, seed=body.seed,
             embedding_from=body.embedding_from, searcher=body.searcher.model_dump(),
+            latency=latency.model_dump() if latency is not None else None,
         )  # fmt: skip
         out = job_public(repo, job)
     if scheduler is not None:
