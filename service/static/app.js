@@ -187,6 +187,8 @@
     ["kernel", "kernel", (t) => t.kernel, (t) => (t.kernel == null ? "–" : t.kernel), "num"],
     ["params", "params", (t) => t.params, (t) => count(t.params), "num"],
     ["flops", "FLOPs", (t) => t.flops, (t) => count(t.flops), "num"],
+    ["latency_ms", "latency", (t) => t.latency_ms,
+      (t) => (t.latency_ms == null ? "–" : charts.fmtMs(t.latency_ms)), "num"],
     ["accuracy", "accuracy", (t) => t.accuracy, (t) => pct(t.accuracy), "num"],
     ["compression", "C", (t) => t.compression, (t) => num(t.compression), "num"],
     ["reward", "reward", (t) => t.reward, (t) => num(t.reward), "num"],
@@ -216,7 +218,10 @@
       <div class="two-col">
         <section class="card"><div class="card-head"><h2>Best reward so far</h2></div>
           <div id="chart-best" class="chart-box"></div></section>
-        <section class="card"><div class="card-head"><h2>Accuracy vs parameters</h2>
+        <section class="card"><div class="card-head"><h2>Accuracy vs
+          <select id="scatter-x" title="x-axis"><option value="params">parameters</option>
+            <option value="flops">FLOPs</option>
+            <option value="latency" disabled title="not measured: give the job a latency target">latency</option></select></h2>
           <span class="legend"><i class="lg-front"></i>Pareto front <i class="lg-teacher"></i>teacher
           <i class="lg-reward"></i>colour: reward, low → high</span></div>
           <div id="chart-scatter" class="chart-box"></div></section>
@@ -239,6 +244,8 @@
     let cursor = null, job = null, teacher = null, page = 0, finishedPolls = 0, dirty = true;
     let sort = { key: "number", dir: -1 };
     const filter = document.getElementById("trial-filter");
+    const axisSelect = document.getElementById("scatter-x");
+    axisSelect.addEventListener("change", () => renderCharts());
 
     async function tick() {
       job = await api(`/v1/jobs/${jobId}`);
@@ -322,11 +329,26 @@
         return { n: i + 1, reward: t.reward, best, id: t.id };
       });
       document.getElementById("chart-best").innerHTML = charts.bestSoFar(line);
-      const pts = done.filter((t) => t.params != null && t.accuracy != null)
-        .map((t) => ({ x: t.params, y: t.accuracy, reward: t.reward, id: t.id }));
-      const tmark = teacher && teacher.accuracy != null
-        ? { x: teacher.params, y: teacher.accuracy, label: `teacher ${teacher.arch}` } : null;
-      document.getElementById("chart-scatter").innerHTML = charts.scatter(pts, tmark);
+      // x: parameters, FLOPs or the measured latency (offered once a trial has one)
+      const measured = done.filter((t) => t.latency_ms != null);
+      const latencyOption = axisSelect.querySelector("option[value=latency]");
+      latencyOption.disabled = measured.length === 0;
+      const axis = axisSelect.value;
+      const key = { params: "params", flops: "flops", latency: "latency_ms" }[axis];
+      const pts = done.filter((t) => t[key] != null && t.accuracy != null)
+        .map((t) => ({ x: t[key], y: t.accuracy, reward: t.reward, id: t.id }));
+      // the teacher: its parameters; its latency is the median of the workers' measurements
+      // of it; its FLOPs are not recorded, so that axis has no teacher mark
+      let tx = null;
+      if (axis === "params" && teacher) tx = teacher.params;
+      if (axis === "latency" && measured.length) {
+        const ts = measured.map((t) => t.teacher_latency_ms).sort((a, b) => a - b);
+        const mid = Math.floor(ts.length / 2);
+        tx = ts.length % 2 ? ts[mid] : (ts[mid - 1] + ts[mid]) / 2;
+      }
+      const tmark = teacher && teacher.accuracy != null && tx != null
+        ? { x: tx, y: teacher.accuracy, label: `teacher ${teacher.arch}` } : null;
+      document.getElementById("chart-scatter").innerHTML = charts.scatter(pts, tmark, axis);
     }
 
     function sortedTrials() {

@@ -102,23 +102,35 @@ window.ESNACCharts = (() => {
     return front;
   }
 
-  /* Accuracy vs parameters (log scale), coloured by reward, Pareto front drawn, teacher marked.
-     points: [{x: params, y: accuracy, reward, id}]; teacher: {x, y, label} or null. */
-  function scatter(points, teacher) {
+  /* The x-axes the accuracy scatter can use: a label and how one value is written. */
+  const fmtMs = (v) => (v >= 10 ? v.toFixed(0) : v >= 1 ? v.toFixed(1) : v.toPrecision(2)) + " ms";
+  const AXES = {
+    params: { label: "parameters (log scale)", unit: "params", fmt: fmtCount },
+    flops: { label: "FLOPs (log scale)", unit: "FLOPs", fmt: fmtCount },
+    latency: { label: "measured latency (log scale)", unit: "latency", fmt: fmtMs },
+  };
+
+  /* Accuracy vs size (log scale: parameters, FLOPs or measured latency), coloured by reward,
+     Pareto front drawn, teacher marked.
+     points: [{x, y: accuracy, reward, id}]; teacher: {x, y, label} or null; axis: AXES key. */
+  function scatter(points, teacher, axis = "params") {
+    const ax = AXES[axis];
+    const fmt = ax.fmt;
+    const lg = (v) => Math.log10(Math.max(1e-6, v));
     if (!points.length) return empty("No evaluated students yet");
     const all = points.concat(teacher ? [teacher] : []);
-    const lx = all.map((p) => Math.log10(Math.max(1, p.x)));
+    const lx = all.map((p) => lg(p.x));
     let [xlo, xhi] = padRange(Math.min(...lx), Math.max(...lx), 0.06);
     const ys = all.map((p) => p.y);
     const [ylo, yhi] = padRange(Math.min(...ys), Math.max(...ys), 0.08);
-    const X = (v) => ((Math.log10(Math.max(1, v)) - xlo) / (xhi - xlo)) * PW;
+    const X = (v) => ((lg(v) - xlo) / (xhi - xlo)) * PW;
     const Y = (v) => PH - ((v - ylo) / (yhi - ylo)) * PH;
     const xTicks = [];
     for (let e = Math.floor(xlo); e <= Math.ceil(xhi); e++) {
       for (const m of [1, 2, 5]) {
         const v = m * Math.pow(10, e);
         const l = Math.log10(v);
-        if (l >= xlo && l <= xhi) xTicks.push({ p: X(v), label: fmtCount(v) });
+        if (l >= xlo && l <= xhi) xTicks.push({ p: X(v), label: fmt(v) });
       }
     }
     const yt = niceTicks(ylo * 100, yhi * 100, 5);
@@ -127,7 +139,7 @@ window.ESNACCharts = (() => {
       xTicks,
       yt.ticks.filter((v) => v >= ylo * 100 && v <= yhi * 100)
         .map((v) => ({ p: Y(v / 100), label: v.toFixed(digits) + "%" })),
-      "parameters (log scale)", "accuracy",
+      ax.label, "accuracy",
     );
     const front = paretoFront(points);
     if (front.length > 1) {
@@ -143,14 +155,14 @@ window.ESNACCharts = (() => {
       const hue = 210 - 180 * t;  // blue (low reward) -> orange (high)
       const cls = onFront.has(p.id) ? "pt pt-front" : "pt";
       s += `<circle class="${cls}" cx="${X(p.x)}" cy="${Y(p.y)}" r="${onFront.has(p.id) ? 5 : 4}" ` +
-        `style="fill:hsl(${hue},75%,52%)"><title>trial ${p.id}: ${fmtCount(p.x)} params, ` +
+        `style="fill:hsl(${hue},75%,52%)"><title>trial ${p.id}: ${fmt(p.x)} ${ax.unit}, ` +
         `accuracy ${(100 * p.y).toFixed(2)}%, reward ${p.reward.toFixed(4)}` +
         `${onFront.has(p.id) ? " (Pareto front)" : ""}</title></circle>`;
     }
     if (teacher) {
       const x = X(teacher.x), y = Y(teacher.y), r = 7;
       s += `<path class="teacher-mark" d="M${x},${y - r}L${x + r},${y}L${x},${y + r}L${x - r},${y}Z">` +
-        `<title>${esc(teacher.label)}: ${fmtCount(teacher.x)} params, accuracy ` +
+        `<title>${esc(teacher.label)}: ${fmt(teacher.x)} ${ax.unit}, accuracy ` +
         `${(100 * teacher.y).toFixed(2)}%</title></path>`;
       const anchor = x > PW - 80 ? "end" : "start";
       const dx = anchor === "end" ? -10 : 10;
@@ -160,5 +172,5 @@ window.ESNACCharts = (() => {
     return s;
   }
 
-  return { bestSoFar, scatter, paretoFront, niceTicks, fmtCount };
+  return { bestSoFar, scatter, paretoFront, niceTicks, fmtCount, fmtMs, AXES };
 })();

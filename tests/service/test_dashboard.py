@@ -178,7 +178,8 @@ def _seed_trials(server: LocalServer, job_id: int, teacher_params: int) -> list[
                 repo.update_trial(
                     t.id, TrialState.SUCCEEDED, params=params, flops=params * 30, accuracy=acc,
                     compression=c, reward=c * (2 - c) * acc / 0.95, history=[acc],
-                    seconds={"total": 12.5},
+                    seconds={"total": 12.5}, latency_ms=0.05 + 2.0 * params / teacher_params,
+                    teacher_latency_ms=2.0 + 0.01 * (t.number % 3), latency_spread=0.1,
                 )  # fmt: skip
             for t in trials[-2:]:
                 repo.update_trial(t.id, TrialState.RUNNING, new_attempt=True, worker="host:2")
@@ -203,6 +204,21 @@ def test_thousands_of_trials_poll_incrementally_and_cancel(browser: Any, tmp_pat
         assert page.locator("#trial-rows tr[data-trial-id]").count() == 100
         assert "2000 · 1998 succeeded · 2 running" in page.inner_text("#trial-count")
         assert page.locator("#chart-scatter svg circle").count() == N_TRIALS - 2
+        # the scatter's x-axis switches between parameters, FLOPs and the measured latency
+        axis_label = page.locator("#chart-scatter svg .axis-label").first
+        assert "parameters" in (axis_label.text_content() or "")
+        page.select_option("#scatter-x", "latency")
+        page.wait_for_selector("#chart-scatter svg .axis-label >> text=measured latency")
+        assert page.locator("#chart-scatter svg circle").count() == N_TRIALS - 2
+        mark = page.locator("#chart-scatter svg .teacher-mark title").text_content() or ""
+        assert "2.01 ms" in mark or "2.0 ms" in mark, mark  # the median of its measurements
+        assert "latency" in page.inner_text("#trials thead") and " ms" in page.inner_text(
+            "#trial-rows"
+        )
+        page.select_option("#scatter-x", "flops")
+        page.wait_for_selector("#chart-scatter svg .axis-label >> text=FLOPs")
+        assert page.locator("#chart-scatter svg .teacher-mark").count() == 0
+        page.select_option("#scatter-x", "params")
 
         # Catching up took a few big pages; every later poll asks only for what changed.
         polls = page.evaluate("window.__esnac.polls")
