@@ -16,6 +16,7 @@ from service.cli.render import (
     format_duration,
     format_table,
     has_latency,
+    pareto_trials,
     ranked_trials,
     result_headers,
     results_rows,
@@ -306,28 +307,43 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0 if job["status"] == "succeeded" else 1
 
 
-def print_results(client: Client, job: dict[str, Any], top: int = 5) -> None:
-    """Print the result table of a job: the teacher, then its best students."""
+def print_results(
+    client: Client, job: dict[str, Any], top: int = 5, pareto: str | None = None
+) -> None:
+    """Print the result table of a job: the teacher, then its best students (or, with
+    `pareto`, its students on the Pareto front of that axis and accuracy)."""
     teacher = client.teacher(job["teacher_id"])
     trials = client.trials(job["id"])
     evaluated = len(ranked_trials(trials))
-    shown = f", the best {top} shown" if evaluated > top else ""
+    if pareto:
+        front = len(pareto_trials(trials, pareto))
+        shown = f", {front} on the Pareto front of {pareto} and accuracy, smallest first"
+        if front > top:
+            shown += f" ({top} shown)"
+    else:
+        shown = f", the best {top} shown" if evaluated > top else ""
     print(
         f"job {job['id']} ({job['status']}): {evaluated} students evaluated{shown}, "
         f"teacher {teacher['arch']} on {job['dataset']}"
     )
     latency = has_latency(trials)
-    print(format_table(result_headers(latency), results_rows(trials, teacher, top, latency)))
+    if pareto == "latency" and not latency:
+        raise CliError(
+            f"job {job['id']} measured no latency; submit with --latency or --reward latency"
+        )
+    rows = results_rows(trials, teacher, top, latency, pareto)
+    print(format_table(result_headers(latency), rows))
 
 
 def cmd_results(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = client.job(args.job)
         if args.json:
-            ranked = ranked_trials(client.trials(args.job))[: args.top]
-            print(json.dumps(ranked, indent=2))
+            trials = client.trials(args.job)
+            chosen = pareto_trials(trials, args.pareto) if args.pareto else ranked_trials(trials)
+            print(json.dumps(chosen[: args.top], indent=2))
         else:
-            print_results(client, job, top=args.top)
+            print_results(client, job, top=args.top, pareto=args.pareto)
     return 0
 
 

@@ -20,6 +20,7 @@ from service.api.schemas import (
 from service.cli import admin, commands
 from service.cli.client import ApiError, CliError, ServerUnreachableError
 from service.cli.demo import cmd_demo
+from service.cli.render import PARETO_AXES
 from workers.spec import LATENCY_BACKENDS, REWARDS
 
 __all__ = ["DEFAULT_URL", "build_parser", "main"]
@@ -251,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", type=int)
     p.add_argument("--top", type=_positive_int, default=10)
     p.add_argument("--json", action="store_true", help="the ranked trials as JSON")
+    p.add_argument(
+        "--pareto",
+        choices=tuple(PARETO_AXES),
+        default=None,
+        help="list the students no other beats on both this (smaller) and accuracy (higher), "
+        "smallest first, instead of the best rewards",
+    )
     _add_client_options(p)
     p.set_defaults(func=commands.cmd_results)
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 __all__ = [
+    "PARETO_AXES",
     "RESULT_HEADERS",
     "TERMINAL_JOB_STATES",
     "ProgressBar",
@@ -17,6 +18,7 @@ __all__ = [
     "format_duration",
     "format_table",
     "has_latency",
+    "pareto_trials",
     "result_headers",
     "ranked_trials",
     "results_rows",
@@ -86,6 +88,26 @@ def ranked_trials(trials: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(done, key=lambda t: (-t["reward"], t.get("params") or 0))
 
 
+#: the `--pareto` axes: what "smaller" is measured on, as a trial field
+PARETO_AXES = {"params": "params", "flops": "flops", "latency": "latency_ms"}
+
+
+def pareto_trials(trials: Sequence[dict[str, Any]], axis: str) -> list[dict[str, Any]]:
+    """The succeeded students no other student beats on both `axis` (smaller) and search
+    accuracy (higher), smallest first (`axis`: a `PARETO_AXES` key)."""
+    key = PARETO_AXES[axis]
+    done = [
+        t
+        for t in trials
+        if t["status"] == "succeeded" and t.get(key) is not None and t.get("accuracy") is not None
+    ]
+    front: list[dict[str, Any]] = []
+    for t in sorted(done, key=lambda t: (t[key], -t["accuracy"])):
+        if not front or t["accuracy"] > front[-1]["accuracy"]:
+            front.append(t)
+    return front
+
+
 def has_latency(trials: Sequence[dict[str, Any]]) -> bool:
     """Whether the job measured latencies (then the result table has a latency column)."""
     return any(t.get("latency_ms") is not None for t in trials)
@@ -100,11 +122,17 @@ def result_headers(latency: bool) -> tuple[str, ...]:
 
 
 def results_rows(
-    trials: Sequence[dict[str, Any]], teacher: dict[str, Any], top: int, latency: bool = False
+    trials: Sequence[dict[str, Any]],
+    teacher: dict[str, Any],
+    top: int,
+    latency: bool = False,
+    pareto: str | None = None,
 ) -> list[list[Any]]:
     """Rows of the result table: the teacher first, then the `top` best students (with the
     `result_headers(latency)` columns; the teacher's latency is the median of its
-    measurements on the trials' workers)."""
+    measurements on the trials' workers). With `pareto` (a `PARETO_AXES` key) the students are
+    the Pareto front on that axis and accuracy, smallest first, instead of the best rewards."""
+    students = pareto_trials(trials, pareto) if pareto else ranked_trials(trials)
     teacher_params = int(teacher["params"])
     rows: list[list[Any]] = [
         [
@@ -119,7 +147,7 @@ def results_rows(
             "-",
         ]
     ]
-    for rank, t in enumerate(ranked_trials(trials)[:top], start=1):
+    for rank, t in enumerate(students[:top], start=1):
         params = t.get("params")
         smaller = teacher_params / params if params else math.inf
         final = t.get("final") or {}
@@ -140,7 +168,7 @@ def results_rows(
         i = RESULT_HEADERS.index("params") + 1
         measured = [t["teacher_latency_ms"] for t in trials if t.get("teacher_latency_ms")]
         column = [_ms(statistics.median(measured) if measured else None)]
-        column += [_ms(t.get("latency_ms")) for t in ranked_trials(trials)[:top]]
+        column += [_ms(t.get("latency_ms")) for t in students[:top]]
         for row, cell in zip(rows, column, strict=True):
             row.insert(i, cell)
     return rows

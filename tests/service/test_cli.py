@@ -16,6 +16,7 @@ from service.cli.render import (
     ProgressBar,
     format_table,
     has_latency,
+    pareto_trials,
     ranked_trials,
     result_headers,
     results_rows,
@@ -183,6 +184,24 @@ def test_result_table_has_a_latency_column_when_latencies_were_measured() -> Non
     assert headers[col - 1] == "params" and all(len(r) == len(headers) for r in rows)
     # the teacher's latency is the median over the workers' measurements
     assert [r[col] for r in rows] == ["1.5 ms", "0.25 ms", "0.5 ms"]
+
+
+def test_pareto_lists_the_non_dominated_students_smallest_first() -> None:
+    def trial(i: int, params: int, acc: float, ms: float | None = None) -> dict:
+        return _trial(i, 0.5, params) | {"accuracy": acc, "latency_ms": ms}
+
+    trials = [trial(1, 100, 0.50, 3.0), trial(2, 200, 0.70, 1.0), trial(3, 300, 0.60, 2.0),
+              trial(4, 400, 0.90, 4.0), trial(5, 200, 0.65, 5.0), trial(6, 50, 0.95),
+              _trial(7, None, 10, "failed")]  # fmt: skip
+    trials[5]["status"] = "running"  # not finished: not on the front
+    assert [t["id"] for t in pareto_trials(trials, "params")] == [1, 2, 4]
+    # on latency: 2 (1 ms) beats 3 (2 ms, less accurate) and 1 (3 ms, less accurate)
+    assert [t["id"] for t in pareto_trials(trials, "latency")] == [2, 4]
+    teacher = {"arch": "resnet20", "params": 1000, "accuracy": 0.95}
+    rows = results_rows(trials, teacher, top=5, pareto="params")
+    assert [r[1] for r in rows[1:]] == [1, 2, 4]
+    args = build_parser().parse_args(["results", "3", "--pareto", "latency"])
+    assert args.pareto == "latency"
 
 
 def test_progress_bar_prints_one_line_per_change_off_a_terminal() -> None:
