@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["compression", "model_flops", "reward"]
+__all__ = ["compression", "latency_target_reward", "model_flops", "reward"]
 
 
 def model_flops(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> int:
@@ -56,3 +56,22 @@ def reward(
         raise ValueError(f"teacher accuracy must be positive, got {teacher_acc}")
     c = compression(student_size, teacher_size)
     return c * (2.0 - c) * (float(student_acc) / float(teacher_acc))
+
+
+def latency_target_reward(
+    student_acc: float, teacher_acc: float, latency_ms: float, target_ms: float
+) -> float:
+    """Accuracy under a latency budget: A = student_acc / teacher_acc when the student meets
+    `target_ms`, A * target / latency when it is slower (MnasNet's hard-constraint form,
+    ACC * (LAT / T)^w with w = 0 within the budget and -1 beyond it).
+
+    Raises:
+        ValueError: a non-positive teacher accuracy, latency or target.
+    """
+    if teacher_acc <= 0 or latency_ms <= 0 or target_ms <= 0:
+        raise ValueError(
+            f"teacher accuracy, latency and target must be positive, got {teacher_acc}, "
+            f"{latency_ms}, {target_ms}"
+        )
+    a = float(student_acc) / float(teacher_acc)
+    return a if latency_ms <= target_ms else a * float(target_ms) / float(latency_ms)

@@ -183,7 +183,7 @@ class TeacherTraining(_Settings):
 
 
 #: What the compression C of the reward is measured on.
-REWARDS = ("params", "flops", "latency")
+REWARDS = ("params", "flops", "latency", "latency_target")
 
 #: Where a latency can be measured (see `workers.latency`).
 LATENCY_BACKENDS = ("onnxruntime-cpu", "torch-cpu", "torch-cuda")
@@ -199,6 +199,7 @@ class LatencySpec:
         threads: CPU threads of the run (intra-op threads for ONNX Runtime).
         warmup: untimed runs first (allocations, caches, lazy initialisation).
         runs: timed runs; the latency is their median.
+        target_ms: the latency budget of the "latency_target" reward (None: no budget).
     """
 
     backend: str = "onnxruntime-cpu"
@@ -206,6 +207,7 @@ class LatencySpec:
     threads: int = 1
     warmup: int = 10
     runs: int = 30
+    target_ms: float | None = None
 
     def validate(self) -> None:
         if self.backend not in LATENCY_BACKENDS:
@@ -224,6 +226,11 @@ class LatencySpec:
                 raise BadSpecError(
                     f"latency {name} must be an integer in [{low}, {high}], got {value!r}"
                 )
+        target = self.target_ms
+        if target is not None and (
+            not isinstance(target, int | float) or isinstance(target, bool) or not target > 0
+        ):
+            raise BadSpecError(f"latency target_ms must be a positive number, got {target!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -268,6 +275,11 @@ class TrialSpec:
         spec = self.latency_spec()
         if spec is not None:
             spec.validate()
+        if self.reward == "latency_target" and (spec is None or spec.target_ms is None):
+            raise BadSpecError(
+                "reward 'latency_target' needs a latency budget: latency.target_ms (e.g. "
+                '{"target_ms": 5.0})'
+            )
 
     def latency_spec(self) -> LatencySpec | None:
         """The latency target of this trial (None: latency is not measured)."""

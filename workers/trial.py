@@ -21,7 +21,7 @@ from torch import nn
 
 from embedding.fx_trace import trace
 from embedding.graph import UnsupportedModelError
-from embedding.reward import compression, model_flops, reward
+from embedding.reward import compression, latency_target_reward, model_flops, reward
 from embedding.space import (
     Action,
     CompressionSpace,
@@ -322,9 +322,16 @@ def run_trial(
             size, teacher_size = params, state.space.teacher_params
         elif spec.reward == "flops":
             size, teacher_size = flops, state.teacher_flops
-        else:
+        else:  # latency, latency_target
             assert latency is not None and teacher_latency is not None
             size, teacher_size = latency.median_ms, teacher_latency.median_ms
+        if spec.reward == "latency_target":
+            assert latency is not None and target is not None and target.target_ms is not None
+            value = latency_target_reward(
+                result.best_accuracy, ctx.teacher_accuracy, latency.median_ms, target.target_ms
+            )
+        else:
+            value = reward(result.best_accuracy, ctx.teacher_accuracy, size, teacher_size)
         weights = state_to_safetensors(student) if spec.return_weights else None
     total = time.perf_counter() - t0
     return TrialResult(
@@ -333,7 +340,7 @@ def run_trial(
         params=params,
         flops=flops,
         compression=compression(size, teacher_size),
-        reward=reward(result.best_accuracy, ctx.teacher_accuracy, size, teacher_size),
+        reward=value,
         history=list(result.history),
         seconds={
             "build": t_build,

@@ -145,6 +145,11 @@ class LatencyIn(_In):
     threads: int = Field(default=_Latency.threads, ge=1, le=256, description="CPU threads")
     warmup: int = Field(default=_Latency.warmup, ge=0, le=1000)
     runs: int = Field(default=_Latency.runs, ge=3, le=10000)
+    target_ms: float | None = Field(
+        default=_Latency.target_ms,
+        gt=0,
+        description="the latency budget of reward 'latency_target' (ms per batch)",
+    )
 
 
 class EsnacOptions(_In):
@@ -169,10 +174,12 @@ class JobCreate(_In):
     search: SearchTrainingIn = Field(default_factory=SearchTrainingIn)
     top_k: int = Field(default=4, ge=0, le=64, description="students fully trained at the end")
     full_training: FullTrainingIn = Field(default_factory=FullTrainingIn)
-    reward: Literal["params", "flops", "latency"] = Field(
+    reward: Literal["params", "flops", "latency", "latency_target"] = Field(
         default="params",
-        description="what the compression C of the reward is measured on; latency: the "
-        "measured latency on `latency`'s target (default target when `latency` is not given)",
+        description="params / flops / latency: f = C(2 - C)·A with C the compression of that "
+        "measure (latency: measured on `latency`'s target, the default one when not given); "
+        "latency_target: accuracy under the budget latency.target_ms, f = A within it and "
+        "A·target/latency beyond",
     )
     latency: LatencyIn | None = Field(
         default=None,
@@ -184,6 +191,17 @@ class JobCreate(_In):
         default=None, description="a finished esnac job whose learned encoder to start from"
     )
     searcher: EsnacOptions = Field(default_factory=EsnacOptions)
+
+    @model_validator(mode="after")
+    def _latency_rules(self) -> JobCreate:
+        if self.reward == "latency_target" and (
+            self.latency is None or self.latency.target_ms is None
+        ):
+            raise ValueError(
+                "reward 'latency_target' needs a latency budget: "
+                '"latency": {"target_ms": 5.0} (ms per batch on the latency target)'
+            )
+        return self
 
 
 class Progress(BaseModel):
@@ -280,7 +298,7 @@ class JobPublic(BaseModel):
     search: SearchTrainingIn
     top_k: int
     full_training: FullTrainingIn
-    reward: Literal["params", "flops", "latency"]
+    reward: Literal["params", "flops", "latency", "latency_target"]
     latency: LatencyIn | None
     seed: int
     embedding_from: int | None

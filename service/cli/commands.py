@@ -153,6 +153,7 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
             ("latency", "backend"),
             ("latency_threads", "threads"),
             ("latency_batch", "batch"),
+            ("latency_target", "target_ms"),
         )
         if getattr(args, opt, None) is not None
     }

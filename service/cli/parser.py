@@ -101,6 +101,8 @@ def _add_search_options(parser: argparse.ArgumentParser, demo: bool = False) -> 
                    help="CPU threads of the latency measurement (default 1)")  # fmt: skip
     g.add_argument("--latency-batch", default=None, type=_positive_int,
                    help="images per timed forward pass (default 1)")  # fmt: skip
+    g.add_argument("--latency-target", default=None, type=float, metavar="MS",
+                   help="the latency budget of --reward latency_target")  # fmt: skip
     option("--seed", 0, JobCreate, "seed", "job seed", type=int)
     option("--kernels", None, EsnacOptions, "kernels", "ESNAC: kernels per step",
            type=_positive_int)  # fmt: skip

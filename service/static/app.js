@@ -200,6 +200,15 @@
       ? `<span class="error" title="${esc(t.error)}">${esc(t.error_code || "")} ${esc(t.error)}</span>` : "")],
   ];
 
+  // What a job's reward measures, in words.
+  function rewardText(job) {
+    const lat = job.latency;
+    const target = lat ? ` (${esc(lat.backend)}, batch ${lat.batch}, ${lat.threads} thread${lat.threads > 1 ? "s" : ""})` : "";
+    if (job.reward === "latency_target") return `reward: accuracy within ${lat.target_ms} ms${target}`;
+    if (job.reward === "latency") return `reward on measured latency${target}`;
+    return `reward on ${esc(job.reward)}${lat ? ` · latency measured${target}` : ""}`;
+  }
+
   // A running trial's epochs as a bar, with its last validation accuracy (from the heartbeat).
   function trialProgress(t) {
     const p = t.progress;
@@ -283,7 +292,7 @@
             <span class="sub">${esc(teacher.dataset)} · ${count(teacher.params)} params · ${pct(teacher.accuracy)}</span></div>
           <div class="stat"><span class="label">search</span>
             <span class="value">${esc(job.strategy)}</span>
-            <span class="sub">${job.steps} steps × ${job.per_step} · ${s.epochs} epoch${s.epochs > 1 ? "s" : ""} KD · reward on ${esc(job.reward)}</span></div>
+            <span class="sub">${job.steps} steps × ${job.per_step} · ${s.epochs} epoch${s.epochs > 1 ? "s" : ""} KD · ${rewardText(job)}</span></div>
           <div class="stat"><span class="label">progress</span>
             <span class="value">${done} / ${p.total}</span>
             <span class="sub">${p.running} running · ${p.pending} pending · ${p.failed} failed</span></div>

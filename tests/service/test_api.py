@@ -178,6 +178,7 @@ def test_a_latency_reward_records_its_target(client: TestClient, resnet20_bytes:
     # no target given: the default one the workers use is stored with the job
     assert r.json()["latency"] == {
         "backend": "onnxruntime-cpu", "batch": 1, "threads": 1, "warmup": 10, "runs": 30,
+        "target_ms": None,
     }  # fmt: skip
     body = {"teacher_id": teacher["id"], "latency": {"backend": "torch-cpu", "threads": 2}}
     job = client.post("/v1/jobs", json=body, headers=AUTH).json()
@@ -200,6 +201,8 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
         ({"teacher_id": teacher["id"], "latency": {"backend": "tpu"}}, "'torch-cpu'"),
         ({"teacher_id": teacher["id"], "latency": {"runs": 1}}, "greater than or equal to 3"),
         ({"teacher_id": teacher["id"], "reward": "speed"}, "'latency'"),
+        ({"teacher_id": teacher["id"], "reward": "latency_target"}, "target_ms"),
+        ({"teacher_id": teacher["id"], "latency": {"target_ms": -1}}, "greater than 0"),
     ]
     for body, needle in bad:
         r = client.post("/v1/jobs", json=body, headers=AUTH)

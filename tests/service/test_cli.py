@@ -142,12 +142,12 @@ def test_submit_body_only_sets_given_options() -> None:
     assert body["searcher"] == {"kernels": 4}
     assert body["dataset"] == "digits" and body["embedding_from"] == 7 and "latency" not in body
     args = build_parser().parse_args(
-        ["submit", "--teacher", "3", "--reward", "latency", "--latency", "torch-cpu",
-         "--latency-threads", "2"]
+        ["submit", "--teacher", "3", "--reward", "latency_target", "--latency", "torch-cpu",
+         "--latency-threads", "2", "--latency-target", "1.5"]
     )  # fmt: skip
     body = job_body(args)
-    assert body["reward"] == "latency"
-    assert body["latency"] == {"backend": "torch-cpu", "threads": 2}
+    assert body["reward"] == "latency_target"
+    assert body["latency"] == {"backend": "torch-cpu", "threads": 2, "target_ms": 1.5}
 
 
 def _trial(i: int, reward: float | None, params: int, status: str = "succeeded") -> dict:

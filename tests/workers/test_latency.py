@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from embedding.reward import reward
+from embedding.reward import latency_target_reward, reward
 from workers import zoo
 from workers.latency import measure_latency
 from workers.spec import BadSpecError, LatencySpec, SearchTraining, TrialSpec
@@ -41,6 +41,10 @@ def test_bad_latency_specs_are_refused_with_a_message() -> None:
         LatencySpec.from_dict({"thread": 2})
     with pytest.raises(BadSpecError, match="reward must be one of"):
         TrialSpec(0, {}, reward="speed").validate()
+    with pytest.raises(BadSpecError, match="needs a latency budget: latency.target_ms"):
+        TrialSpec(0, {}, reward="latency_target").validate()
+    with pytest.raises(BadSpecError, match="target_ms must be a positive number"):
+        LatencySpec(target_ms=0).validate()
     # a latency reward without a target uses the default one; params/flops measure nothing
     assert TrialSpec(0, {}, reward="latency").latency_spec() == LatencySpec()
     assert TrialSpec(0, {}).latency_spec() is None
@@ -78,3 +82,34 @@ def test_a_latency_trial_reports_both_latencies_and_rewards_their_ratio(
     other = run_trial(ctx, spec, cache=state)
     assert other.latency_ms is not None and other.teacher_latency_ms == res.teacher_latency_ms
     assert other.compression == pytest.approx(1 - other.params / state.space.teacher_params)
+
+
+def test_the_latency_target_reward_is_accuracy_within_the_budget() -> None:
+    assert latency_target_reward(0.8, 0.9, 2.0, 3.0) == pytest.approx(0.8 / 0.9)
+    assert latency_target_reward(0.8, 0.9, 3.0, 3.0) == pytest.approx(0.8 / 0.9)
+    # twice as slow as the budget: half the relative accuracy
+    assert latency_target_reward(0.8, 0.9, 6.0, 3.0) == pytest.approx(0.4 / 0.9)
+    with pytest.raises(ValueError, match="must be positive"):
+        latency_target_reward(0.8, 0.9, 1.0, 0.0)
+
+
+def test_a_latency_target_trial_rewards_accuracy_within_the_budget(
+    ctx: JobContext, state: PreparedJob
+) -> None:
+    action = state.space.sample(np.random.default_rng(1)).to_dict()
+    training = SearchTraining(epochs=1, batch_size=64, max_train_samples=64)
+    base = {"backend": "torch-cpu", "runs": 5, "warmup": 1}
+    spec = TrialSpec(
+        1, action, training=training, reward="latency_target", latency=base | {"target_ms": 1e6}
+    )
+    met = run_trial(ctx, spec, cache=state)
+    assert met.reward == pytest.approx(met.accuracy / 0.8)
+    assert met.latency_ms is not None
+    budget = met.latency_ms / 4  # far too tight: the reward is scaled down by ~4
+    spec = TrialSpec(
+        2, action, training=training, reward="latency_target", latency=base | {"target_ms": budget}
+    )
+    missed = run_trial(ctx, spec, cache=state)
+    assert missed.latency_ms is not None and missed.accuracy == met.accuracy
+    assert missed.reward == pytest.approx(missed.accuracy / 0.8 * budget / missed.latency_ms)
+    assert missed.reward < met.reward
