@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from workers import plugins
 from workers.spec import ZOO_NAMES
 
 __all__ = ["UnknownModelError", "build", "names"]
@@ -246,25 +247,38 @@ if set(_BUILDERS) != set(ZOO_NAMES):  # a zoo entry added in one place only
 
 
 def names() -> list[str]:
-    """The teacher architectures the zoo can build, sorted (`workers.spec.ZOO_NAMES`)."""
-    return sorted(ZOO_NAMES)
+    """The teacher architectures that can be built, sorted: the zoo (`workers.spec.ZOO_NAMES`)
+    and the installed plugins (`workers.plugins`)."""
+    return sorted((*ZOO_NAMES, *plugins.names()))
 
 
 def build(name: str, num_classes: int) -> nn.Module:
     """Build a freshly initialised teacher.
 
     Args:
-        name: one of `names()`.
+        name: one of `names()` (a zoo architecture or an installed plugin's).
         num_classes: size of the classifier output.
 
     Raises:
-        UnknownModelError: for a name the zoo does not know (the message lists the known ones).
+        UnknownModelError: for a name neither the zoo nor a plugin knows (the message lists the
+            known ones), or a plugin that fails to import or to build a module.
         ValueError: for a non-positive `num_classes`.
     """
-    if name not in _BUILDERS:
-        raise UnknownModelError(
-            f"unknown teacher architecture {name!r}; known: {', '.join(names())}"
-        )
     if int(num_classes) < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
-    return _BUILDERS[name](int(num_classes))
+    if name in _BUILDERS:
+        return _BUILDERS[name](int(num_classes))
+    try:
+        constructor = plugins.load(name)
+    except KeyError:
+        raise UnknownModelError(
+            f"unknown teacher architecture {name!r}; known: {', '.join(names())}"
+        ) from None
+    except plugins.PluginError as exc:
+        raise UnknownModelError(str(exc)) from exc
+    model = constructor(int(num_classes))
+    if not isinstance(model, nn.Module):
+        raise UnknownModelError(
+            f"plugin architecture {name!r} returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    return model

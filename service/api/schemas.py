@@ -61,7 +61,9 @@ def _validated(model: BaseModel, settings: type) -> None:
 class TeacherTrain(_In):
     """`POST /v1/teachers/train`: train a zoo teacher on a worker (SGD, step lr schedule)."""
 
-    arch: str = Field(description="a zoo architecture, e.g. resnet20 (GET /v1/teachers/archs)")
+    arch: str = Field(
+        description="a zoo or plugin architecture, e.g. resnet20 (GET /v1/teachers/archs)"
+    )
     num_classes: int = Field(ge=1, le=100_000)
     dataset: str = Field(min_length=1, description="cifar10, cifar100, digits, npz:<path>, ...")
     epochs: int = Field(default=_Teacher.epochs, ge=1, le=5000)

@@ -27,6 +27,7 @@ from service.teacher_check import (
     TeacherRefusedError,
     check_teacher,
 )
+from workers import plugins
 from workers.spec import ZOO_NAMES
 
 __all__ = ["router"]
@@ -75,8 +76,8 @@ def _store_upload(
 
 @router.get("/archs", response_model=list[str])
 def list_archs() -> list[str]:
-    """The architectures teachers can have (the zoo)."""
-    return list(ZOO_NAMES)
+    """The architectures teachers can have: the zoo's, then the installed plugins'."""
+    return [*ZOO_NAMES, *plugins.names()]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TeacherPublic)
