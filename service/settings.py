@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     artifact_dir: Path = Path("./esnac-artifacts")
     #: Root for datasets (torchvision downloads, `npz:`/`folder:` relative paths); None: default.
     data_dir: str | None = None
+    #: Accept `npz:`/`folder:` paths anywhere the server can read (default: only under
+    #: `data_dir`; absolute paths, `..` and symlinks out of it are refused with a 422).
+    data_allow_any_path: bool = False
     #: Largest accepted weights upload, in MiB (larger -> 413).
     max_upload_mb: int = Field(default=512, ge=1)
     #: Seconds a teacher's checks (build, strict weight load, accuracy pass) may take at upload.

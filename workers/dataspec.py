@@ -28,6 +28,7 @@ from workers.spec import BadSpecError
 
 __all__ = [
     "CIFAR_CLASSES",
+    "check_confined",
     "dataset_info",
     "fraction_option",
     "int_option",
@@ -99,6 +100,35 @@ def resolve_path(path: str, root: str | None) -> Path:
     if not p.is_absolute() and root is not None and not p.exists():
         p = Path(root) / p
     return p
+
+
+def check_confined(spec: str, root: str | None, allow_any: bool = False) -> None:
+    """Refuse an `npz:`/`folder:` spec whose path lies outside the data root `root`.
+
+    A relative path is read under `root`; an absolute one must lie under it too. The check is on
+    the resolved path (symlinks followed), so neither `..` nor a link leads out. `allow_any`
+    (the operator's `ESNAC_DATA_ALLOW_ANY_PATH=true`) turns the check off.
+
+    Raises:
+        BadSpecError: outside the root, or no root configured (the message says how to fix it).
+    """
+    kind, path, _options = parse_spec(spec)
+    if kind not in ("npz", "folder") or allow_any:
+        return
+    if root is None:
+        raise BadSpecError(
+            f"{kind}: datasets are read only under the server's data directory, and none is "
+            "configured; the operator sets ESNAC_DATA_DIR (or ESNAC_DATA_ALLOW_ANY_PATH=true)"
+        )
+    base = Path(root).expanduser().resolve()
+    p = Path(path).expanduser()
+    target = (p if p.is_absolute() else base / p).resolve()
+    if not target.is_relative_to(base):
+        raise BadSpecError(
+            f"dataset path {path!r} lies outside the data directory {str(base)!r} "
+            "(ESNAC_DATA_DIR); give a path under it (relative paths are read from there), or "
+            "the operator sets ESNAC_DATA_ALLOW_ANY_PATH=true"
+        )
 
 
 def read_npz(path: Path) -> dict[str, np.ndarray]:

@@ -23,6 +23,7 @@ __all__ = [
     "SessionDep",
     "SettingsDep",
     "StorageDep",
+    "confined",
 ]
 
 
@@ -80,3 +81,14 @@ ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
 SchedulerDep = Annotated["Scheduler | None", Depends(get_scheduler)]
 SessionDep = Annotated[Repository, Depends(get_session)]
 AuthDep = Annotated[None, Depends(require_token)]
+
+
+def confined(settings: Settings, dataset: str) -> None:
+    """422 for a dataset spec outside the data directory (`workers.dataspec.check_confined`)."""
+    from workers.dataspec import check_confined
+    from workers.spec import WorkerError
+
+    try:
+        check_confined(dataset, settings.data_dir, settings.data_allow_any_path)
+    except WorkerError as e:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, e.message) from e

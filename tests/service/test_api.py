@@ -6,6 +6,7 @@ import io
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -41,9 +42,15 @@ def client(settings: Settings):
 
 
 def _upload(
-    client: TestClient, data: bytes, *, arch: str = "resnet20", accuracy="0.9", headers=AUTH
+    client: TestClient,
+    data: bytes,
+    *,
+    arch: str = "resnet20",
+    accuracy="0.9",
+    headers=AUTH,
+    dataset: str = "digits",
 ):
-    form = {"arch": arch, "num_classes": "10", "dataset": "digits"}
+    form = {"arch": arch, "num_classes": "10", "dataset": dataset}
     if accuracy is not None:
         form["accuracy"] = accuracy
     return client.post(
@@ -168,6 +175,42 @@ def test_token_is_required_for_mutations(client: TestClient, resnet20_bytes: byt
     r = client.post("/v1/teachers/train", json=body, headers=AUTH)
     assert r.status_code == 202 and r.json()["status"] == "training"
     assert client.get("/v1/teachers").status_code == 200  # reads need no token
+
+
+def test_dataset_paths_are_confined_to_the_data_directory(
+    settings: Settings, resnet20_bytes: bytes, tmp_path: Path
+) -> None:
+    root = tmp_path / "data"
+    root.mkdir()
+    np.savez(root / "ok.npz", x=np.zeros((20, 32, 32, 3), np.uint8), y=np.arange(20) % 10)
+    (root / "out").symlink_to(tmp_path)  # a link out of the data directory
+    np.savez(tmp_path / "secret.npz", x=np.zeros((20, 32, 32, 3), np.uint8), y=np.arange(20) % 10)
+    with TestClient(create_app(settings.model_copy(update={"data_dir": str(root)}))) as client:
+        before = _stored(settings)
+        for spec in (f"npz:{tmp_path / 'secret.npz'}", "npz:../secret.npz", "npz:out/secret.npz",
+                     f"folder:{tmp_path}"):  # fmt: skip
+            r = _upload(client, resnet20_bytes, dataset=spec, accuracy="0.5")
+            assert r.status_code == 422, (spec, r.text)
+            assert "outside the data directory" in r.text and str(root.resolve()) in r.text
+            assert "ESNAC_DATA_ALLOW_ANY_PATH" in r.text
+        assert _stored(settings) == before  # nothing stored on a refusal
+        # inside it: relative or absolute
+        for spec in ("npz:ok.npz", f"npz:{root / 'ok.npz'}"):
+            r = _upload(client, resnet20_bytes, dataset=spec, accuracy="0.5")
+            assert r.status_code == 201, (spec, r.text)
+        body = {"teacher_id": r.json()["id"], "dataset": "npz:../secret.npz"}
+        r = client.post("/v1/jobs", json=body, headers=AUTH)
+        assert r.status_code == 422 and "outside the data directory" in r.text, r.text
+    # without a data directory file datasets are refused, unless the operator allows any path
+    with TestClient(create_app(settings)) as client:
+        r = _upload(client, resnet20_bytes, dataset=f"npz:{root / 'ok.npz'}", accuracy="0.5")
+        assert r.status_code == 422 and "ESNAC_DATA_DIR" in r.text, r.text
+    anywhere = settings.model_copy(update={"data_allow_any_path": True})
+    with TestClient(create_app(anywhere)) as client:
+        r = _upload(
+            client, resnet20_bytes, dataset=f"npz:{tmp_path / 'secret.npz'}", accuracy="0.5"
+        )
+        assert r.status_code == 201, r.text
 
 
 def test_a_latency_reward_records_its_target(client: TestClient, resnet20_bytes: bytes) -> None:

@@ -34,7 +34,7 @@ def server_env(ray_session: str, tmp_path: Path) -> dict[str, str]:
         ESNAC_DATABASE_URL=url, ESNAC_ARTIFACT_DIR=str(tmp_path / "artifacts"),
         ESNAC_API_TOKEN=TOKEN, ESNAC_RAY_ADDRESS=ray_session, ESNAC_WORKERS="2",
         ESNAC_CPUS_PER_TRIAL="1", ESNAC_THREADS_PER_TRIAL="1", ESNAC_POLL_INTERVAL="0.2",
-        OMP_NUM_THREADS="1",
+        OMP_NUM_THREADS="1", ESNAC_DATA_DIR=str(tmp_path),  # npz: files must lie under it
     )  # fmt: skip
     return env
 

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, status
 
 from service.api.convert import job_public, trial_public
-from service.api.deps import AuthDep, SchedulerDep, SessionDep, SettingsDep, StorageDep
+from service.api.deps import AuthDep, SchedulerDep, SessionDep, SettingsDep, StorageDep, confined
 from service.api.schemas import (
     JobCreate,
     JobPage,
@@ -60,6 +60,7 @@ def create_job(
                 f"teacher {teacher.id} is {teacher.status}; wait until it is ready"
             )
         dataset = body.dataset or teacher.dataset
+        confined(settings, dataset)
         if dataset != teacher.dataset:
             try:
                 n, _shape = dataset_info(dataset, root=settings.data_dir)

@@ -16,6 +16,7 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
     StorageDep,
+    confined,
 )
 from service.api.schemas import TeacherPublic, TeacherTrain
 from service.artifacts import ArtifactStore
@@ -41,6 +42,7 @@ def _unprocessable(message: str) -> HTTPException:
 
 async def _checked(settings: Settings, **kw: Any) -> CheckedTeacher:
     """The teacher's checks, run in a child process; a refusal is a 422 with its message."""
+    confined(settings, kw["dataset"])
     try:
         return await check_teacher(settings, **kw)
     except TeacherRefusedError as e:
