@@ -20,7 +20,7 @@ from service.api.routes import health, jobs, teachers, trials
 from service.artifacts import ArtifactStore
 from service.db import NotFoundError, Storage
 from service.db.migrate import check
-from service.db.retry import is_transient
+from service.db.retry import StorageUnavailableError, is_transient
 from service.settings import Settings
 
 __all__ = ["create_app"]
@@ -111,6 +111,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"detail": "the database is unavailable (restarting?); retry in a few seconds"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "2"},
+        )
+
+    @app.exception_handler(StorageUnavailableError)
+    async def _storage_down(request: Request, exc: StorageUnavailableError) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": str(exc)},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "30"},
         )
 
     for r in (health.router, teachers.router, jobs.router, trials.router):

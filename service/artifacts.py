@@ -8,14 +8,16 @@ server-generated name, size and SHA-256; a request never chooses a file name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 from pathlib import Path
 
 from service.db import Artifact, Repository
+from service.db.retry import StorageUnavailableError
 
-__all__ = ["ArtifactStore"]
+__all__ = ["ArtifactStore", "ArtifactDirUnavailableError"]
 
 _SUFFIX = {
     "teacher": ".safetensors",
@@ -24,6 +26,10 @@ _SUFFIX = {
     "onnx": ".onnx",
     "encoder": ".safetensors",
 }
+
+
+class ArtifactDirUnavailableError(StorageUnavailableError):
+    """The artifact directory cannot be written (full, read-only, gone): held and retried."""
 
 
 class ArtifactStore:
@@ -40,24 +46,67 @@ class ArtifactStore:
         """
         if kind not in _SUFFIX:
             raise ValueError(f"unknown artifact kind {kind!r}; known: {sorted(_SUFFIX)}")
-        self.root.mkdir(parents=True, exist_ok=True)
         name = f"{kind}-{secrets.token_hex(12)}{_SUFFIX[kind]}"
         final = self.root / name
         tmp = self.root / f".{name}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise self._unavailable(e, "written") from e
         try:
             return repo.add_artifact(kind, name, len(data), hashlib.sha256(data).hexdigest())
         except Exception:
             final.unlink(missing_ok=True)
             raise
 
+    def check_writable(self) -> None:
+        """Write and remove a probe file (what `/readyz` reports).
+
+        Raises:
+            ArtifactDirUnavailableError: the directory cannot be written now.
+        """
+        probe = self.root / f".probe-{secrets.token_hex(6)}"
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with open(probe, "wb") as f:
+                f.write(b"esnac")
+                f.flush()
+                os.fsync(f.fileno())
+            probe.unlink()
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                probe.unlink(missing_ok=True)
+            raise self._unavailable(e, "written") from e
+
+    def _unavailable(self, e: OSError, what: str) -> ArtifactDirUnavailableError:
+        reason = e.strerror or str(e)
+        return ArtifactDirUnavailableError(
+            f"the artifact directory {str(self.root)!r} (ESNAC_ARTIFACT_DIR) cannot be {what}: "
+            f"{reason}; results are held and stored once it can (free space, make it writable "
+            "or mount it)"
+        )
+
     def path(self, artifact: Artifact) -> Path:
         """Where an artifact's file lies (its name came from `write`, never from a request)."""
         return self.root / Path(artifact.path).name
 
     def read(self, artifact: Artifact) -> bytes:
-        return self.path(artifact).read_bytes()
+        """An artifact's bytes.
+
+        Raises:
+            FileNotFoundError: its file is gone (a real loss, not retried).
+            ArtifactDirUnavailableError: the directory cannot be read now (held and retried).
+        """
+        try:
+            return self.path(artifact).read_bytes()
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise self._unavailable(e, "read") from e

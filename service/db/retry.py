@@ -22,7 +22,12 @@ from typing import TypeVar
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
-__all__ = ["DatabaseUnavailableError", "is_transient", "retry_transient"]
+__all__ = [
+    "DatabaseUnavailableError",
+    "StorageUnavailableError",
+    "is_transient",
+    "retry_transient",
+]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,14 +46,21 @@ class DatabaseUnavailableError(RuntimeError):
     """The database stayed unreachable for longer than the retry window."""
 
 
+class StorageUnavailableError(RuntimeError):
+    """Storage beside the database (the artifact directory: full, read-only, unmounted) cannot be
+    written now. Transient like a database outage: the scheduler holds the result and retries,
+    the API answers 503 with this message."""
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether `exc` means "the database is (briefly) unreachable", so a retry may succeed.
 
     True for lost or refused connections (a restart, a failover, a network blip), a pool that
-    timed out, Postgres shutting down or still starting up, and SQLite's lock timeouts; False for
-    everything that would fail again (constraint violations, bad SQL, missing tables).
+    timed out, Postgres shutting down or still starting up, SQLite's lock timeouts and an artifact
+    directory that cannot be written (`StorageUnavailableError`); False for everything that would
+    fail again (constraint violations, bad SQL, missing tables).
     """
-    if isinstance(exc, PoolTimeoutError):
+    if isinstance(exc, PoolTimeoutError | StorageUnavailableError):
         return True
     if not isinstance(exc, DBAPIError):
         return False
@@ -86,11 +98,13 @@ async def retry_transient(
     Raises:
         DatabaseUnavailableError: still failing with transient errors after `timeout` seconds
             (the last error is its `__cause__`).
+        StorageUnavailableError: the same, when the last error was the artifact directory's.
         Exception: any non-transient error of `call()`, unchanged.
     """
     start = time.monotonic()
     delay = base_delay
     failures = 0
+    kind = "database"
     while True:
         try:
             out = await call()
@@ -98,7 +112,12 @@ async def retry_transient(
             if not is_transient(e):
                 raise
             failures += 1
+            kind = "storage" if isinstance(e, StorageUnavailableError) else "database"
             waited = time.monotonic() - start
+            if waited >= timeout and isinstance(e, StorageUnavailableError):
+                raise StorageUnavailableError(
+                    f"{what}: still failing after {waited:.0f} s ({failures} tries): {e}"
+                ) from e
             if waited >= timeout:
                 raise DatabaseUnavailableError(
                     f"{what}: the database was unreachable for {waited:.0f} s ({failures} tries); "
@@ -107,15 +126,15 @@ async def retry_transient(
                 ) from e
             pause = min(delay, max_delay, max(0.0, timeout - waited)) * (0.5 + random.random() / 2)
             log.warning(
-                "database unavailable during %s (try %d, %s); retrying in %.2f s",
-                what, failures, str(e).splitlines()[0][:200], pause,
+                "%s unavailable during %s (try %d, %s); retrying in %.2f s",
+                kind, what, failures, str(e).splitlines()[0][:200], pause,
             )  # fmt: skip
             await asyncio.sleep(pause)
             delay = min(delay * 2, max_delay)
             continue
         if failures:
             log.warning(
-                "database back: %s succeeded after %d failed tries (%.1f s)",
-                what, failures, time.monotonic() - start,
+                "%s back: %s succeeded after %d failed tries (%.1f s)",
+                kind, what, failures, time.monotonic() - start,
             )  # fmt: skip
         return out

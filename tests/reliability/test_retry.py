@@ -11,7 +11,12 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from service.db.retry import DatabaseUnavailableError, is_transient, retry_transient
+from service.db.retry import (
+    DatabaseUnavailableError,
+    StorageUnavailableError,
+    is_transient,
+    retry_transient,
+)
 
 NOWHERE = "postgresql+psycopg://postgres@127.0.0.1:9/none?connect_timeout=2"  # nothing listens
 
@@ -84,3 +89,42 @@ def test_retry_waits_for_the_database_and_gives_up_after_the_window(tmp_path: Pa
     assert len(calls) == n
     good.dispose()
     bad.dispose()
+
+
+def test_an_unwritable_artifact_directory_is_held_and_retried(tmp_path: Path) -> None:
+    """Writes fail while a file stands where the directory was (root ignores permission bits),
+    with a message naming it; a retried call succeeds once it is back, and gives up with a
+    `StorageUnavailableError` after the window."""
+    from service.artifacts import ArtifactDirUnavailableError, ArtifactStore
+    from service.db import Storage
+    from service.db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    upgrade(url)
+    storage, root = Storage(url), tmp_path / "artifacts"
+    store = ArtifactStore(root)
+    root.write_text("not a directory")
+    with pytest.raises(ArtifactDirUnavailableError, match="ESNAC_ARTIFACT_DIR") as info:
+        store.check_writable()
+    assert is_transient(info.value) and str(root) in str(info.value)
+    tries: list[int] = []
+
+    def write() -> int:
+        tries.append(1)
+        if len(tries) == 3:  # back on the third try
+            root.unlink()
+        with storage.session() as repo:
+            return store.write(repo, "student", b"weights").id
+
+    artifact_id = asyncio.run(retry_transient(lambda: asyncio.to_thread(write), base_delay=0.01))
+    assert len(tries) == 3 and artifact_id >= 1
+    with storage.session() as repo:
+        assert store.read(repo.get_artifact(artifact_id)) == b"weights"
+    assert [p.name for p in root.iterdir() if p.name.startswith(".")] == []  # no temp left
+    root.rename(tmp_path / "away")
+    root.write_text("gone")
+    with pytest.raises(StorageUnavailableError, match="still failing after"):
+        asyncio.run(retry_transient(
+            lambda: asyncio.to_thread(store.check_writable), timeout=0.3, base_delay=0.05
+        ))  # fmt: skip
+    storage.dispose()

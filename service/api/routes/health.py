@@ -6,7 +6,7 @@ from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from service.api.deps import StorageDep
+from service.api.deps import ArtifactsDep, StorageDep
 
 __all__ = ["router"]
 
@@ -20,9 +20,9 @@ def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request, storage: StorageDep) -> JSONResponse:
-    """200 when the database answers and Ray is connected (if this process schedules), else 503
-    with the reason."""
+async def readyz(request: Request, storage: StorageDep, artifacts: ArtifactsDep) -> JSONResponse:
+    """200 when the database answers, the artifact directory can be written and Ray is connected
+    (if this process schedules), else 503 with the reason."""
     body: dict[str, str] = {}
     ok = True
     try:
@@ -30,6 +30,11 @@ async def readyz(request: Request, storage: StorageDep) -> JSONResponse:
         body["database"] = "ok"
     except Exception as e:  # noqa: BLE001 - reported to the caller
         ok, body["database"] = False, f"{e.__class__.__name__}: {e}"
+    try:
+        await run_in_threadpool(artifacts.check_writable)
+        body["artifacts"] = "ok"
+    except Exception as e:  # noqa: BLE001 - reported to the caller
+        ok, body["artifacts"] = False, str(e)
     if getattr(request.app.state, "scheduler", None) is None:
         body["ray"] = "not used (scheduler off)"
     else:
