@@ -1,4 +1,6 @@
-"""A fixed number of trial-worker slots, each backed by one Ray actor (`RemoteTrialWorker`).
+"""Trial-worker slots, each backed by one Ray actor (`RemoteTrialWorker`): a fixed number
+(`ESNAC_WORKERS=N`), or as many as the Ray cluster's resources hold (`ESNAC_WORKERS=auto`,
+re-sized by `WorkerPool.autoscale` as nodes join and leave).
 
 All jobs share the slots (first come, first served), so the cluster's workers are never
 over-subscribed. A slot whose actor died, or was interrupted mid-task, gets a fresh actor;
@@ -75,6 +77,10 @@ class Slot:
     name: str | None = None
     prepared: set[str] = field(default_factory=set)
     dirty: bool = False
+    #: the pool shrank: the slot goes away when released instead of being handed out again
+    retired: bool = False
+    #: its actor answered once (it was placed on a node); a fresh one may wait for resources
+    placed: bool = False
 
 
 class WorkerPool:
@@ -82,11 +88,76 @@ class WorkerPool:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.size = settings.workers
-        self._slots = [Slot(i) for i in range(self.size)]
+        self.auto = settings.workers == "auto"
+        self._slots: list[Slot] = []
+        self._next_index = 0
         self._free: asyncio.Queue[Slot] = asyncio.Queue()
-        for s in self._slots:
-            self._free.put_nowait(s)
+        self.resize(self.capacity() if self.auto else int(settings.workers))
+
+    @property
+    def size(self) -> int:
+        """Trials that can run at once now (slots not retired)."""
+        return sum(1 for s in self._slots if not s.retired)
+
+    def capacity(self) -> int:
+        """Workers the Ray cluster's alive nodes hold: their GPUs over `ESNAC_GPUS_PER_TRIAL`
+        when trials take GPUs, else their CPUs over `ESNAC_CPUS_PER_TRIAL`."""
+        s = self.settings
+        total = ray.cluster_resources()
+        key, per = ("GPU", s.gpus_per_trial) if s.gpus_per_trial > 0 else ("CPU", s.cpus_per_trial)
+        return int(float(total.get(key, 0.0)) / per + 1e-9)
+
+    async def autoscale(self) -> int:
+        """(`ESNAC_WORKERS=auto`) Follow the cluster: add slots when nodes joined, retire some
+        when nodes left. Returns the new size."""
+        if self.auto:
+            try:
+                want = await asyncio.to_thread(self.capacity)
+            except Exception as e:  # noqa: BLE001 - the GCS may be briefly unreachable
+                log.warning("could not read the cluster's resources: %s", e)
+                return self.size
+            if want != self.size:
+                log.info("the cluster holds %d workers now (was %d)", want, self.size)
+                self.resize(want)
+        return self.size
+
+    def resize(self, n: int) -> None:
+        """Grow to `n` slots (new ones are free at once) or shrink: free surplus slots go now,
+        busy ones when they are released (their trials finish)."""
+        live = [s for s in self._slots if not s.retired]
+        for _ in range(n - len(live)):
+            slot = Slot(self._next_index)
+            self._next_index += 1
+            self._slots.append(slot)
+            self._free.put_nowait(slot)
+        if n >= len(live):
+            return
+        surplus = len(live) - n
+        free: list[Slot] = []
+        while not self._free.empty():
+            free.append(self._free.get_nowait())
+        for slot in free:  # retire free slots first, the newest first
+            if surplus and not slot.retired:
+                self._retire(slot)
+                surplus -= 1
+            elif not slot.retired:
+                self._free.put_nowait(slot)
+        # Then busy ones: first those whose actor was never placed (a fresh actor after its node
+        # died waits for resources that the remaining slots hold: killed now, its attempt is
+        # retried on a slot that stays), then running ones, which go when released.
+        busy = [s for s in reversed(live) if not s.retired and s in self._slots]
+        for slot in sorted(busy, key=lambda s: s.placed):
+            if surplus == 0:
+                break
+            slot.retired = True
+            if not slot.placed:
+                self._kill(slot)
+            surplus -= 1
+
+    def _retire(self, slot: Slot) -> None:
+        self._kill(slot)
+        slot.retired = True
+        self._slots.remove(slot)
 
     # ------------------------------------------------------------------------- slots
     async def acquire(self) -> Slot:
@@ -111,7 +182,12 @@ class WorkerPool:
         return out
 
     def release(self, slot: Slot) -> None:
-        """Give a slot back; an interrupted one (`dirty`) gets a fresh actor first."""
+        """Give a slot back; an interrupted one (`dirty`) gets a fresh actor first; one the pool
+        no longer has room for (`retired`) goes away."""
+        if slot.retired:
+            if slot in self._slots:
+                self._retire(slot)
+            return
         if slot.dirty:
             self._kill(slot)
         self._free.put_nowait(slot)
@@ -138,7 +214,8 @@ class WorkerPool:
             attempts: how many tries at most (>= 1).
             what: for the log and the error ("on trial 3", "training teacher 1").
             slot: a slot the caller holds (kept, and not released here); None: acquire one per
-                attempt and release it afterwards.
+                attempt and release it afterwards (also done once the caller's slot is retired
+                because the cluster shrank).
             on_lost: awaited with each lost attempt's error (to record it) before the next.
 
         Raises:
@@ -147,12 +224,18 @@ class WorkerPool:
         """
         last: BaseException | None = None
         for attempt in range(1, attempts + 1):
-            held = slot if slot is not None else await self.acquire()
+            # The caller's slot, unless the pool shrank under it (a node left): then another one
+            mine = slot is None or slot.retired
+            held = await self.acquire() if mine else slot
+            assert held is not None
             try:
                 return await call(held)
             except (ray.exceptions.RayActorError, AttemptLostError) as e:
                 log.warning("attempt %d %s lost: %s", attempt, what, e)
-                self.replace(held)
+                if held.retired:
+                    self._kill(held)  # no fresh actor for a slot the pool no longer has
+                else:
+                    self.replace(held)
                 last = e
                 if on_lost is not None:
                     await on_lost(e)
@@ -160,7 +243,7 @@ class WorkerPool:
                 held.dirty = True
                 raise
             finally:
-                if slot is None:
+                if mine:
                     self.release(held)
         raise WorkersDiedError(what, attempts, last)
 
@@ -234,6 +317,11 @@ class WorkerPool:
     def free(self) -> int:
         return self._free.qsize()
 
+    def usage(self) -> dict[str, Any]:
+        """What `/readyz` shows: the mode, the slots and how many run a task now."""
+        return {"mode": "auto" if self.auto else "fixed", "workers": self.size,
+                "busy": max(0, self.size - self.free)}  # fmt: skip
+
     def shutdown(self) -> None:
         """Kill every actor (their running tasks are abandoned)."""
         for slot in self._slots:
@@ -248,6 +336,7 @@ class WorkerPool:
             slot.prepared.add(key)
         elif slot.name is None:
             slot.name = await slot.actor.name.remote()
+        slot.placed = True
         return slot.name or ""
 
     async def release_job(self, job_key: str) -> None:
@@ -275,7 +364,7 @@ class WorkerPool:
                 ray.kill(slot.actor, no_restart=True)
             except Exception as e:  # noqa: BLE001 - an already dead actor is fine
                 log.debug("kill of slot %d: %s", slot.index, e)
-        slot.actor, slot.name, slot.dirty = None, None, False
+        slot.actor, slot.name, slot.dirty, slot.placed = None, None, False, False
         slot.prepared.clear()
 
 

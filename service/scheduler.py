@@ -11,6 +11,7 @@ import asyncio
 import functools
 import logging
 import os
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -26,6 +27,9 @@ from workers.spec import TeacherTraining
 __all__ = ["Scheduler"]
 
 log = logging.getLogger(__name__)
+
+#: Seconds between two looks at the cluster's resources (`ESNAC_WORKERS=auto`).
+AUTOSCALE_EVERY = 2.0
 T = TypeVar("T")
 
 
@@ -75,8 +79,13 @@ class Scheduler:
         self._wake.set()
 
     async def run(self) -> None:
-        """The main loop: start a runner for every active job and training teacher."""
+        """The main loop: start a runner for every active job and training teacher (and, with
+        `ESNAC_WORKERS=auto`, follow the cluster's size every few seconds)."""
+        sized = 0.0
         while True:
+            if self.pool.auto and time.monotonic() - sized >= AUTOSCALE_EVERY:
+                sized = time.monotonic()
+                await self.pool.autoscale()
             try:
                 await self._scan()
             except asyncio.CancelledError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings"]
@@ -39,8 +39,10 @@ class Settings(BaseSettings):
     max_upload_mb: int = Field(default=512, ge=1)
     #: Seconds a teacher's checks (build, strict weight load, accuracy pass) may take at upload.
     teacher_check_timeout: float = Field(default=600.0, gt=0)
-    #: Number of trial workers (Ray actors) shared by all jobs: trials in flight at once.
-    workers: int = Field(default=2, ge=1)
+    #: Number of trial workers (Ray actors) shared by all jobs: trials in flight at once; "auto":
+    #: as many as the Ray cluster's resources hold (`gpus_per_trial` GPUs, or `cpus_per_trial`
+    #: CPUs, each), growing and shrinking with the cluster's nodes.
+    workers: int | Literal["auto"] = Field(default=2)
     #: Ray resources each worker holds.
     cpus_per_trial: float = Field(default=1.0, ge=0)
     gpus_per_trial: float = Field(default=0.0, ge=0)
@@ -67,3 +69,14 @@ class Settings(BaseSettings):
     poll_interval: float = Field(default=0.5, gt=0)
     #: Start the scheduler (and Ray) with the app; off for API-only processes and some tests.
     scheduler: bool = True
+
+    @model_validator(mode="after")
+    def _workers_rule(self) -> Settings:
+        if isinstance(self.workers, int) and self.workers < 1:
+            raise ValueError(f"ESNAC_WORKERS must be >= 1 or 'auto', got {self.workers}")
+        if self.workers == "auto" and self.cpus_per_trial <= 0 and self.gpus_per_trial <= 0:
+            raise ValueError(
+                "ESNAC_WORKERS=auto sizes the pool from the cluster's resources: set "
+                "ESNAC_CPUS_PER_TRIAL or ESNAC_GPUS_PER_TRIAL above 0"
+            )
+        return self

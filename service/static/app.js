@@ -81,6 +81,17 @@
     conn.textContent = ok ? "live" : text || "offline";
   }
 
+  /* The cluster in the header: Ray nodes and trial workers, from /readyz (every 5 s). */
+  async function clusterTick() {
+    const el = document.getElementById("cluster");
+    try {
+      const res = await fetch("readyz", { headers: { Accept: "application/json" } });
+      const r = await res.json();
+      el.textContent = r.nodes ? `${r.nodes} node${r.nodes === "1" ? "" : "s"} · ${r.workers} workers` : "";
+      el.title = Object.entries(r).map(([k, v]) => `${k}: ${v}`).join("\n");
+    } catch (_) { el.textContent = ""; }
+  }
+
   /* Run `tick` now and then every `ms` (no overlap); stop() cancels. */
   function poller(tick, ms) {
     let timer = null, stopped = false;
@@ -447,4 +458,5 @@
   }
   window.addEventListener("hashchange", route);
   route();
+  poller(clusterTick, 5000);
 })();

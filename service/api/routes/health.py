@@ -43,8 +43,12 @@ async def readyz(request: Request, storage: StorageDep, artifacts: ArtifactsDep)
         try:
             if not ray.is_initialized():
                 raise RuntimeError("not connected")
-            await run_in_threadpool(ray.cluster_resources)
+            nodes = await run_in_threadpool(ray.nodes)
+            alive = sum(1 for n in nodes if n.get("Alive"))
             body["ray"] = "ok"
+            body["nodes"] = str(alive)
+            usage = request.app.state.scheduler.pool.usage()
+            body["workers"] = f"{usage['workers']} ({usage['mode']}), {usage['busy']} busy"
         except Exception as e:  # noqa: BLE001 - reported to the caller
             ok, body["ray"] = False, f"{e.__class__.__name__}: {e}"
     return JSONResponse(body, status_code=200 if ok else 503)
