@@ -7,7 +7,9 @@ worker slots take candidates from the queue. The next step's fit starts as soon 
 holds fewer candidates than there are workers, so a worker that frees up finds a candidate
 waiting instead of idling through a fit; every result so far is used, and the in-flight and
 queued candidates are pending points. (Once per job, the first model-based step waits for two
-observations: a fit on fewer would be a random pick.) Each result is stored before the
+observations: a fit on fewer would be a random pick. The first step, random, proposes enough
+candidates for every worker, `max(per_step, workers)`, so a pool larger than a step does not
+idle through the warm-up.) Each result is stored before the
 searcher hears of it. BO fitting runs in the scheduler's `Fitter` process, so the event loop
 (and the API) stays responsive. Each attempt runs under `WorkerPool.supervise` (heartbeats,
 deadlines; progress is stored on the trial). After the search the top-k students are fully
@@ -220,6 +222,8 @@ class JobRunner:
             while queue or created < budget or proposer is not None:
                 if may_propose():
                     n = min(job.per_step, budget - created)
+                    if created == 0:  # the random first step fills every worker (32 GPUs do
+                        n = min(max(n, s.pool.size), budget)  # not wait on 8 candidates)
                     proposer = asyncio.create_task(self._propose(n, created, step))
                     step += 1
                 waits: set[asyncio.Future[Any]] = set()
