@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["compression", "latency_target_reward", "model_flops", "reward"]
+__all__ = ["compression", "latency_reward", "latency_target_reward", "model_flops", "reward"]
 
 
 def model_flops(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> int:
@@ -56,6 +56,15 @@ def reward(
         raise ValueError(f"teacher accuracy must be positive, got {teacher_acc}")
     c = compression(student_size, teacher_size)
     return c * (2.0 - c) * (float(student_acc) / float(teacher_acc))
+
+
+def latency_reward(
+    student_acc: float, teacher_acc: float, latency_ms: float, teacher_latency_ms: float
+) -> float:
+    """The paper's reward on measured latency, C = 1 - latency / teacher latency, except that a
+    student slower than its teacher gets 0: C(2 - C)·A would be negative there and fall as the
+    accuracy rises, ranking a more accurate slow student below a less accurate one."""
+    return reward(student_acc, teacher_acc, min(latency_ms, teacher_latency_ms), teacher_latency_ms)
 
 
 def latency_target_reward(

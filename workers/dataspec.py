@@ -96,8 +96,10 @@ def fraction_option(options: dict[str, str], key: str, default: float) -> float:
 
 
 def resolve_path(path: str, root: str | None) -> Path:
+    """Where an `npz:`/`folder:` path points: a relative one under `root` (the data directory)
+    when there is one, else under the working directory."""
     p = Path(os.path.expanduser(path))
-    if not p.is_absolute() and root is not None and not p.exists():
+    if not p.is_absolute() and root is not None:
         p = Path(root) / p
     return p
 
@@ -120,9 +122,11 @@ def check_confined(spec: str, root: str | None, allow_any: bool = False) -> None
             f"{kind}: datasets are read only under the server's data directory, and none is "
             "configured; the operator sets ESNAC_DATA_DIR (or ESNAC_DATA_ALLOW_ANY_PATH=true)"
         )
-    base = Path(root).expanduser().resolve()
-    p = Path(path).expanduser()
-    target = (p if p.is_absolute() else base / p).resolve()
+    try:
+        base = Path(root).expanduser().resolve()
+        target = resolve_path(path, str(base)).resolve()
+    except (RuntimeError, ValueError, OSError) as e:  # `~nosuchuser`, a NUL byte, a link loop
+        raise BadSpecError(f"dataset path {path!r} cannot be resolved: {e}") from None
     if not target.is_relative_to(base):
         raise BadSpecError(
             f"dataset path {path!r} lies outside the data directory {str(base)!r} "

@@ -42,9 +42,15 @@ class Latency:
         return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms > 0 else 0.0
 
 
-def _time_runs(run: Callable[[], object], spec: LatencySpec, sync: Callable[[], None]) -> Latency:
+def _time_runs(
+    run: Callable[[], object],
+    spec: LatencySpec,
+    sync: Callable[[], None],
+    beat: Callable[[], None],
+) -> Latency:
     for _ in range(spec.warmup):
         run()
+        beat()
     sync()
     times = []
     for _ in range(spec.runs):
@@ -52,12 +58,18 @@ def _time_runs(run: Callable[[], object], spec: LatencySpec, sync: Callable[[], 
         run()
         sync()
         times.append((time.perf_counter() - t0) * 1000.0)
+        beat()
     p10, median, p90 = np.percentile(np.asarray(times), [10, 50, 90])
     return Latency(float(median), float(p10), float(p90))
 
 
 def measure_latency(
-    model: nn.Module, input_shape: tuple[int, ...], spec: LatencySpec | None = None
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    spec: LatencySpec | None = None,
+    *,
+    device: torch.device | str | None = None,
+    beat: Callable[[], None] | None = None,
 ) -> Latency:
     """Measure `model`'s inference latency on `spec`'s backend (the model is left unchanged).
 
@@ -65,12 +77,16 @@ def measure_latency(
         model: a teacher or a student, on any device.
         input_shape: one input's shape `(C, H, W)`.
         spec: the target (default: ONNX Runtime on 1 CPU thread, batch 1).
+        device: the worker's device; `torch-cuda` times on it (None: the current CUDA device).
+        beat: called after every run (the attempt's heartbeat: a long measurement is not a
+            stalled worker).
 
     Raises:
-        BadSpecError: a bad spec, or `torch-cuda` on a worker without a GPU.
+        BadSpecError: a bad spec, or `torch-cuda` on a worker whose device is not a GPU.
     """
     spec = spec or LatencySpec()
     spec.validate()
+    beat = beat or (lambda: None)
     shape = (spec.batch, *(int(s) for s in input_shape))
     if spec.backend == "onnxruntime-cpu":
         import onnxruntime as ort
@@ -85,19 +101,29 @@ def measure_latency(
             to_onnx(model, input_shape), options, providers=["CPUExecutionProvider"]
         )
         feed = {"input": np.zeros(shape, dtype=np.float32)}
-        return _time_runs(lambda: session.run(None, feed), spec, lambda: None)
+        return _time_runs(lambda: session.run(None, feed), spec, lambda: None, beat)
 
-    if spec.backend == "torch-cuda" and not torch.cuda.is_available():
-        raise BadSpecError("latency backend 'torch-cuda' needs a worker with a GPU")
-    device = torch.device("cuda" if spec.backend == "torch-cuda" else "cpu")
-    m = copy.deepcopy(model).to(device=device, dtype=torch.float32).eval()
-    x = torch.zeros(shape, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if spec.backend == "torch-cuda":
+        dev = torch.device(device) if device is not None else torch.device("cuda")
+        if dev.type != "cuda" or not torch.cuda.is_available():
+            raise BadSpecError(
+                f"latency backend 'torch-cuda' needs a worker that trains on a GPU (this one "
+                f"uses {dev})"
+            )
+    else:
+        dev = torch.device("cpu")
+    m = copy.deepcopy(model).to(device=dev, dtype=torch.float32).eval()
+    x = torch.zeros(shape, device=dev)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     threads = torch.get_num_threads()
-    if device.type == "cpu":
+    if dev.type == "cpu":
         torch.set_num_threads(spec.threads)
     try:
         with torch.inference_mode():
-            return _time_runs(lambda: m(x), spec, sync)
+            return _time_runs(lambda: m(x), spec, sync, beat)
     finally:
         torch.set_num_threads(threads)

@@ -69,7 +69,10 @@ def check_teacher(
         raise BadSpecError(
             f"dataset {dataset!r} has {n} classes but num_classes={num_classes}; they must match"
         )
-    model = zoo.build(arch, num_classes)
+    try:
+        model = zoo.build(arch, num_classes)
+    except zoo.UnknownModelError as e:  # an unknown name, or a plugin that fails: the user's
+        raise BadSpecError(str(e)) from e
     params = sum(p.numel() for p in model.parameters())
     if weights is not None:
         from workers.export import load_state_safetensors

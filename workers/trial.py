@@ -21,7 +21,13 @@ from torch import nn
 
 from embedding.fx_trace import trace
 from embedding.graph import UnsupportedModelError
-from embedding.reward import compression, latency_target_reward, model_flops, reward
+from embedding.reward import (
+    compression,
+    latency_reward,
+    latency_target_reward,
+    model_flops,
+    reward,
+)
 from embedding.space import (
     Action,
     CompressionSpace,
@@ -182,11 +188,14 @@ class PreparedJob:
             )
         return self._logits[:want]
 
-    def teacher_latency(self, spec: LatencySpec) -> Latency:
+    def teacher_latency(self, spec: LatencySpec, progress: Progress | None = None) -> Latency:
         """The teacher's latency on `spec`'s target, measured once per job on this worker (so
         every student of this worker is compared with a teacher timed on the same machine)."""
         if spec not in self._teacher_latency:
-            self._teacher_latency[spec] = measure_latency(self.teacher, self.input_shape, spec)
+            self._teacher_latency[spec] = measure_latency(
+                self.teacher, self.input_shape, spec, device=self.device,
+                beat=progress.beat if progress is not None else None,
+            )  # fmt: skip
         return self._teacher_latency[spec]
 
     def action(self, data: dict[str, Any] | str) -> Action:
@@ -313,8 +322,11 @@ def run_trial(
         t_latency = 0.0
         if target is not None:
             t2 = time.perf_counter()
-            latency = measure_latency(student, state.input_shape, target)
-            teacher_latency = state.teacher_latency(target)
+            beat = progress.beat if progress is not None else None
+            latency = measure_latency(
+                student, state.input_shape, target, device=state.device, beat=beat
+            )
+            teacher_latency = state.teacher_latency(target, progress)
             t_latency = time.perf_counter() - t2
         size: float
         teacher_size: float
@@ -330,6 +342,8 @@ def run_trial(
             value = latency_target_reward(
                 result.best_accuracy, ctx.teacher_accuracy, latency.median_ms, target.target_ms
             )
+        elif spec.reward == "latency":
+            value = latency_reward(result.best_accuracy, ctx.teacher_accuracy, size, teacher_size)
         else:
             value = reward(result.best_accuracy, ctx.teacher_accuracy, size, teacher_size)
         weights = state_to_safetensors(student) if spec.return_weights else None

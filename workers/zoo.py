@@ -276,7 +276,12 @@ def build(name: str, num_classes: int) -> nn.Module:
         ) from None
     except plugins.PluginError as exc:
         raise UnknownModelError(str(exc)) from exc
-    model = constructor(int(num_classes))
+    try:
+        model = constructor(int(num_classes))
+    except Exception as exc:  # third-party code: any failure, reported with its cause
+        raise UnknownModelError(
+            f"plugin architecture {name!r} failed to build: {type(exc).__name__}: {exc}"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise UnknownModelError(
             f"plugin architecture {name!r} returned {type(model).__name__}, not a torch.nn.Module"

@@ -315,6 +315,7 @@ def print_results(
     `pareto`, its students on the Pareto front of that axis and accuracy)."""
     teacher = client.teacher(job["teacher_id"])
     trials = client.trials(job["id"])
+    _check_pareto(job, trials, pareto)
     evaluated = len(ranked_trials(trials))
     if pareto:
         front = len(pareto_trials(trials, pareto))
@@ -328,12 +329,15 @@ def print_results(
         f"teacher {teacher['arch']} on {job['dataset']}"
     )
     latency = has_latency(trials)
-    if pareto == "latency" and not latency:
+    rows = results_rows(trials, teacher, top, latency, pareto)
+    print(format_table(result_headers(latency), rows))
+
+
+def _check_pareto(job: dict[str, Any], trials: list[dict[str, Any]], pareto: str | None) -> None:
+    if pareto == "latency" and not has_latency(trials):
         raise CliError(
             f"job {job['id']} measured no latency; submit with --latency or --reward latency"
         )
-    rows = results_rows(trials, teacher, top, latency, pareto)
-    print(format_table(result_headers(latency), rows))
 
 
 def cmd_results(args: argparse.Namespace) -> int:
@@ -341,6 +345,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         job = client.job(args.job)
         if args.json:
             trials = client.trials(args.job)
+            _check_pareto(job, trials, args.pareto)
             chosen = pareto_trials(trials, args.pareto) if args.pareto else ranked_trials(trials)
             print(json.dumps(chosen[: args.top], indent=2))
         else:

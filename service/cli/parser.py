@@ -253,7 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("job", type=int)
     p.add_argument("--top", type=_positive_int, default=10)
-    p.add_argument("--json", action="store_true", help="the ranked trials as JSON")
+    p.add_argument(
+        "--json", action="store_true", help="the listed trials (best or --pareto) as JSON"
+    )
     p.add_argument(
         "--pareto",
         choices=tuple(PARETO_AXES),

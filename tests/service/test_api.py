@@ -188,11 +188,15 @@ def test_dataset_paths_are_confined_to_the_data_directory(
     with TestClient(create_app(settings.model_copy(update={"data_dir": str(root)}))) as client:
         before = _stored(settings)
         for spec in (f"npz:{tmp_path / 'secret.npz'}", "npz:../secret.npz", "npz:out/secret.npz",
-                     f"folder:{tmp_path}"):  # fmt: skip
+                     f"folder:{tmp_path}", "folder:.."):  # fmt: skip
             r = _upload(client, resnet20_bytes, dataset=spec, accuracy="0.5")
             assert r.status_code == 422, (spec, r.text)
             assert "outside the data directory" in r.text and str(root.resolve()) in r.text
             assert "ESNAC_DATA_ALLOW_ANY_PATH" in r.text
+        # odd paths are refused with a message too (not a 500)
+        for spec in ("npz:~nosuchuser42/x.npz", "npz:a\x00b.npz"):
+            r = _upload(client, resnet20_bytes, dataset=spec, accuracy="0.5")
+            assert r.status_code == 422, (spec, r.text)
         assert _stored(settings) == before  # nothing stored on a refusal
         # inside it: relative or absolute
         for spec in ("npz:ok.npz", f"npz:{root / 'ok.npz'}"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from torch import nn
 
-from embedding.reward import latency_target_reward, reward
+from embedding.reward import latency_reward, latency_target_reward, reward
 from workers import zoo
 from workers.latency import measure_latency
 from workers.spec import BadSpecError, LatencySpec, SearchTraining, TrialSpec
@@ -72,7 +72,7 @@ def test_a_latency_trial_reports_both_latencies_and_rewards_their_ratio(
     assert res.latency_ms > 0 and res.teacher_latency_ms > 0 and res.latency_spread is not None
     assert res.compression == pytest.approx(1 - res.latency_ms / res.teacher_latency_ms)
     assert res.reward == pytest.approx(
-        reward(res.accuracy, 0.8, res.latency_ms, res.teacher_latency_ms)
+        latency_reward(res.accuracy, 0.8, res.latency_ms, res.teacher_latency_ms)
     )
     assert "latency" in res.seconds
     # the teacher is timed once per job and target on this worker
@@ -82,6 +82,13 @@ def test_a_latency_trial_reports_both_latencies_and_rewards_their_ratio(
     other = run_trial(ctx, spec, cache=state)
     assert other.latency_ms is not None and other.teacher_latency_ms == res.teacher_latency_ms
     assert other.compression == pytest.approx(1 - other.params / state.space.teacher_params)
+
+
+def test_a_student_slower_than_its_teacher_gets_reward_zero() -> None:
+    assert latency_reward(0.8, 0.9, 1.0, 2.0) == pytest.approx(reward(0.8, 0.9, 1.0, 2.0))
+    # slower than the teacher: 0 whatever the accuracy (C(2 - C)·A would be < 0 and would
+    # rank the more accurate of two slow students lower)
+    assert latency_reward(0.8, 0.9, 3.0, 2.0) == 0.0 == latency_reward(0.4, 0.9, 3.0, 2.0)
 
 
 def test_the_latency_target_reward_is_accuracy_within_the_budget() -> None:

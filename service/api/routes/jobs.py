@@ -60,7 +60,12 @@ def create_job(
                 f"teacher {teacher.id} is {teacher.status}; wait until it is ready"
             )
         dataset = body.dataset or teacher.dataset
-        confined(settings, dataset)
+        try:
+            confined(settings, dataset)
+        except HTTPException as e:
+            if body.dataset is None:  # the teacher's own, registered before or under other rules
+                e.detail = f"teacher {teacher.id}'s dataset: {e.detail}; pass another `dataset`"
+            raise
         if dataset != teacher.dataset:
             try:
                 n, _shape = dataset_info(dataset, root=settings.data_dir)
