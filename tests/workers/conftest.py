@@ -12,6 +12,7 @@ import torch
 from workers import zoo
 from workers.data import _digits_arrays
 from workers.export import state_to_safetensors
+from workers.trial import JobContext, PreparedJob, prepare_job
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +39,18 @@ def teacher_bytes() -> bytes:
     """Weights of a freshly initialised resnet20 (10 classes), seed 0."""
     torch.manual_seed(0)
     return state_to_safetensors(zoo.build("resnet20", 10))
+
+
+@pytest.fixture(scope="module")
+def ctx(small_npz: str, teacher_bytes: bytes) -> JobContext:
+    """A job on the small dataset with the resnet20 teacher (teacher accuracy 0.8)."""
+    return JobContext("job-1", "resnet20", 10, teacher_bytes, 0.8, small_npz)
+
+
+@pytest.fixture(scope="module")
+def state(ctx: JobContext) -> PreparedJob:
+    """`ctx` prepared on the CPU (one per test module: its caches start empty)."""
+    return prepare_job(ctx, device="cpu")
 
 
 def npz_path(spec: str) -> Path:

@@ -11,7 +11,7 @@ from embedding.reward import latency_reward, latency_target_reward, reward
 from workers import zoo
 from workers.latency import measure_latency
 from workers.spec import BadSpecError, LatencySpec, SearchTraining, TrialSpec
-from workers.trial import JobContext, PreparedJob, prepare_job, run_trial
+from workers.trial import JobContext, PreparedJob, run_trial
 
 
 def _tiny() -> nn.Module:
@@ -48,16 +48,6 @@ def test_bad_latency_specs_are_refused_with_a_message() -> None:
     # a latency reward without a target uses the default one; params/flops measure nothing
     assert TrialSpec(0, {}, reward="latency").latency_spec() == LatencySpec()
     assert TrialSpec(0, {}).latency_spec() is None
-
-
-@pytest.fixture(scope="module")
-def ctx(small_npz: str, teacher_bytes: bytes) -> JobContext:
-    return JobContext("job-latency", "resnet20", 10, teacher_bytes, 0.8, small_npz)
-
-
-@pytest.fixture(scope="module")
-def state(ctx: JobContext) -> PreparedJob:
-    return prepare_job(ctx, device="cpu")
 
 
 def test_a_latency_trial_reports_both_latencies_and_rewards_their_ratio(

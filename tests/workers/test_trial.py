@@ -23,16 +23,6 @@ from workers.trial import JobContext, PreparedJob, finetune_student, guard, prep
 TINY = SearchTraining(epochs=1, batch_size=64, max_train_samples=64)
 
 
-@pytest.fixture(scope="module")
-def ctx(small_npz: str, teacher_bytes: bytes) -> JobContext:
-    return JobContext("job-1", "resnet20", 10, teacher_bytes, 0.8, small_npz)
-
-
-@pytest.fixture(scope="module")
-def state(ctx: JobContext) -> PreparedJob:
-    return prepare_job(ctx, device="cpu")
-
-
 def sampled(state: PreparedJob, seed: int) -> dict:
     return state.space.sample(np.random.default_rng(seed)).to_dict()
 
