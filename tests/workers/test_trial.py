@@ -91,7 +91,7 @@ def test_malformed_specs_are_typed_errors(ctx: JobContext, state: PreparedJob) -
     with pytest.raises(BadSpecError, match="malformed trial spec"):
         run_trial(ctx, {"trial_id": 1, "action": {}, "colour": "red"}, cache=state)
     with pytest.raises(BadSpecError, match="reward must be"):
-        run_trial(ctx, TrialSpec(1, sampled(state, 0), reward="latency"), cache=state)
+        run_trial(ctx, TrialSpec(1, sampled(state, 0), reward="speed"), cache=state)
 
 
 def test_bad_job_contexts_are_typed_errors(ctx: JobContext) -> None:
