@@ -225,9 +225,10 @@ class WorkerPool:
         last: BaseException | None = None
         for attempt in range(1, attempts + 1):
             # The caller's slot, unless the pool shrank under it (a node left): then another one
-            mine = slot is None or slot.retired
-            held = await self.acquire() if mine else slot
-            assert held is not None
+            if slot is None or slot.retired:
+                held, mine = await self.acquire(), True
+            else:
+                held, mine = slot, False
             try:
                 return await call(held)
             except (ray.exceptions.RayActorError, AttemptLostError) as e:

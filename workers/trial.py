@@ -334,13 +334,15 @@ def run_trial(
             size, teacher_size = params, state.space.teacher_params
         elif spec.reward == "flops":
             size, teacher_size = flops, state.teacher_flops
+        elif latency is None or teacher_latency is None or target is None:
+            raise BadSpecError(f"reward {spec.reward!r} needs a latency target")
         else:  # latency, latency_target
-            assert latency is not None and teacher_latency is not None
             size, teacher_size = latency.median_ms, teacher_latency.median_ms
         if spec.reward == "latency_target":
-            assert latency is not None and target is not None and target.target_ms is not None
+            if target is None or target.target_ms is None:
+                raise BadSpecError("reward 'latency_target' needs latency.target_ms")
             value = latency_target_reward(
-                result.best_accuracy, ctx.teacher_accuracy, latency.median_ms, target.target_ms
+                result.best_accuracy, ctx.teacher_accuracy, size, target.target_ms
             )
         elif spec.reward == "latency":
             value = latency_reward(result.best_accuracy, ctx.teacher_accuracy, size, teacher_size)
