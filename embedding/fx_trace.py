@@ -25,6 +25,7 @@ _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _FLATTEN_FUNCS = {torch.flatten}
 _RELU_FUNCS = {torch.relu, torch.nn.functional.relu}
 _CAT_FUNCS = {torch.cat, torch.concat}
+_SHUFFLE_FUNCS = {torch.channel_shuffle, torch.nn.functional.channel_shuffle}
 
 
 def _shape(meta: Any) -> tuple[int, ...]:
@@ -287,12 +288,17 @@ class _FxVisitor:
             self.chunk(node)
         elif target is operator.getitem and (chunk := self._chunk_read(node)) is not None:
             self.chunk_part(node, chunk)
+        elif target is operator.getitem and (span := _channel_span(node)) is not None:
+            src = self.source(node.args[0], node)
+            self.channel_slice(node, src, *span)
+        elif target in _SHUFFLE_FUNCS:
+            self.shuffle(node)
         else:
             name = target if isinstance(target, str) else getattr(target, "__name__", str(target))
             raise UnsupportedModelError(
                 f"unsupported op '{name}' ({node.op}) in module '{_owner(node)}'; supported "
                 "functional ops: residual add, torch.cat(dim=1), torch.flatten(start_dim=1), "
-                "relu, Tensor.chunk(dim=1)"
+                "relu, Tensor.chunk(dim=1), x[:, a:b], channel_shuffle"
             )
 
     def residual_add(self, node: torch.fx.Node) -> None:
@@ -352,7 +358,40 @@ class _FxVisitor:
         part = int(node.args[1])  # type: ignore[arg-type]
         channels = sum(s for _, s in self.graph.spec(src))
         step = -(-channels // chunks)
-        start, stop = part * step, min(channels, (part + 1) * step)
+        self.channel_slice(node, src, part * step, (part + 1) * step)
+
+    def channel_slice(self, node: torch.fx.Node, src: int, start: int, stop: int | None) -> None:
+        """Channels `start:stop` of `src`: a new frozen group (the source freezes too)."""
+        channels = sum(s for _, s in self.graph.spec(src))
+        start, stop, _ = slice(start, stop).indices(channels)
+        if stop <= start:
+            raise UnsupportedModelError(f"empty channel slice in '{_owner(node)}'")
+        self.graph.freeze(src)
         out_spec = self.graph.new_group(stop - start, frozen=True)
         self.add(node, "Identity", "slice", [src], {"start": start, "stop": stop}, None,
                  out_spec, 1)  # fmt: skip
+
+    def shuffle(self, node: torch.fx.Node) -> None:
+        """`channel_shuffle(x, groups)` as a function (the module form is read in `module`)."""
+        groups = node.kwargs.get("groups", node.args[1] if len(node.args) > 1 else None)
+        if not isinstance(groups, int):
+            raise UnsupportedModelError(f"channel_shuffle in '{_owner(node)}' needs int groups")
+        src = self.source(node.args[0], node)
+        self.graph.freeze(src)
+        self.add(node, "Shuffle", "shuffle", [src], {"groups": groups}, None,
+                 self.graph.spec(src), self.graph.spatial_of(src))  # fmt: skip
+
+
+def _channel_span(node: torch.fx.Node) -> tuple[int, int | None] | None:
+    """`(start, stop)` when `node` is `x[:, start:stop]` (step 1), else None."""
+    index = node.args[1]
+    if not isinstance(index, tuple) or len(index) != 2:
+        return None
+    whole, part = index
+    if not (isinstance(whole, slice) and whole == slice(None)) or not isinstance(part, slice):
+        return None
+    if part.step not in (None, 1) or not all(
+        v is None or isinstance(v, int) for v in (part.start, part.stop)
+    ):
+        return None
+    return part.start or 0, part.stop

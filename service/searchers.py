@@ -32,11 +32,8 @@ def build_space(
     """The teacher's compression space, exactly as the workers build it
     (`CompressionSpace.for_teacher`: the library's `max_layers` policy)."""
     from workers import zoo
-    from workers.export import load_state_safetensors
 
-    model = zoo.build(arch, num_classes)
-    load_state_safetensors(model, weights)
-    model.eval()
+    model = zoo.load_teacher(arch, num_classes, weights)
     return CompressionSpace.for_teacher(model, tuple(input_shape))
 
 

@@ -27,7 +27,6 @@ import ray
 import torch
 
 from workers import zoo
-from workers.export import load_state_safetensors
 from workers.progress import Progress
 from workers.spec import BadSpecError, FullTraining, TeacherTraining
 from workers.teacher_check import measure_accuracy
@@ -208,11 +207,7 @@ class TrialWorker:
         """Validation accuracy of teacher weights on the dataset's validation split (the
         measurement of an upload's checks, `workers.teacher_check`, on this worker's device)."""
         with guard("measure teacher", wrap_all=True):
-            try:
-                model = zoo.build(arch, int(num_classes))
-            except (zoo.UnknownModelError, ValueError) as exc:
-                raise BadSpecError(str(exc)) from exc
-            load_state_safetensors(model, weights)
+            model = zoo.load_teacher(arch, int(num_classes), weights)
             return measure_accuracy(model, dataset, data_dir, self.device)
 
     def release(self, job_key: str) -> None:

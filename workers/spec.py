@@ -23,8 +23,13 @@ __all__ = [
     "TrialSpec",
     "WorkerError",
     "WorkerOutOfMemoryError",
+    "ONNX_ARCH",
     "ZOO_NAMES",
 ]
+
+#: The `arch` of a teacher uploaded as an ONNX file: its network is read from the file
+#: (`workers.onnx_import`), which is stored as the teacher's weights artifact.
+ONNX_ARCH = "onnx"
 
 #: The teacher architectures `workers.zoo` builds (here, torch-free, for the REST layer).
 ZOO_NAMES = (

@@ -40,22 +40,32 @@ def check_teacher(
     """Check a teacher; with `weights` and no `accuracy`, measure the accuracy.
 
     Args:
-        arch: a zoo architecture name.
+        arch: a zoo or plugin architecture name, or `ONNX_ARCH` (then `weights` is the ONNX
+            file: it is imported, and the imported network must reproduce ONNX Runtime's
+            outputs on random inputs).
         num_classes: the classifier's width; must equal the dataset's class count.
         dataset: a dataset spec (`workers.dataspec`).
         data_dir: where relative dataset paths are looked up.
-        weights: safetensors bytes of a state dict, loaded strictly (None: architecture only).
+        weights: safetensors bytes of a state dict, loaded strictly (None: architecture only),
+            or the ONNX file.
         accuracy: the accuracy the user states, in (0, 1] (None: measured when weights are given).
         device: where to evaluate (default CPU).
 
     Raises:
         BadSpecError: with a message that names the problem and how to fix it.
     """
+    from embedding.fx_trace import trace
+    from embedding.graph import UnsupportedModelError
     from workers import zoo
     from workers.dataspec import dataset_info
-    from workers.spec import BadSpecError
+    from workers.spec import ONNX_ARCH, BadSpecError
 
-    if arch not in zoo.names():
+    if arch == ONNX_ARCH and weights is None:
+        raise BadSpecError(
+            f"an {ONNX_ARCH!r} teacher is uploaded with its ONNX file (POST /v1/teachers, field "
+            "`model`); it cannot be trained from its name"
+        )
+    if arch != ONNX_ARCH and arch not in zoo.names():
         raise BadSpecError(f"unknown arch {arch!r}; known: {', '.join(zoo.names())}")
     if num_classes < 1:
         raise BadSpecError(f"num_classes must be at least 1, got {num_classes}")
@@ -69,15 +79,24 @@ def check_teacher(
         raise BadSpecError(
             f"dataset {dataset!r} has {n} classes but num_classes={num_classes}; they must match"
         )
+    input_shape = (int(shape[0]), int(shape[1]), int(shape[2]))
+    if arch == ONNX_ARCH and weights is not None:
+        model = _onnx_teacher(weights, num_classes, input_shape)
+    else:
+        try:
+            model = zoo.build(arch, num_classes)
+        except zoo.UnknownModelError as e:  # an unknown name, or a plugin that fails: the user's
+            raise BadSpecError(str(e)) from e
     try:
-        model = zoo.build(arch, num_classes)
-    except zoo.UnknownModelError as e:  # an unknown name, or a plugin that fails: the user's
-        raise BadSpecError(str(e)) from e
+        trace(model, input_shape)  # the search must be able to read it (plugins, ONNX)
+    except UnsupportedModelError as e:
+        raise BadSpecError(f"the search cannot read this network: {e}") from e
     params = sum(p.numel() for p in model.parameters())
     if weights is not None:
         from workers.export import load_state_safetensors
 
-        load_state_safetensors(model, weights, strict=True)
+        if arch != ONNX_ARCH:
+            load_state_safetensors(model, weights, strict=True)
         if accuracy is None:
             accuracy = measure_accuracy(model, dataset, data_dir, device)
             if accuracy <= 0.0:
@@ -85,7 +104,31 @@ def check_teacher(
                     f"the weights score 0 accuracy on {dataset!r}'s validation split; "
                     "wrong dataset?"
                 )
-    return TeacherFacts(params, (int(shape[0]), int(shape[1]), int(shape[2])), accuracy)
+    return TeacherFacts(params, input_shape, accuracy)
+
+
+def _onnx_teacher(data: bytes, num_classes: int, input_shape: tuple[int, int, int]) -> Any:
+    """Import an ONNX teacher and prove the import exact against ONNX Runtime.
+
+    Raises:
+        BadSpecError: the file is refused, or does not fit the dataset's images or classes.
+    """
+    from workers.onnx_import import check_against_onnxruntime, import_onnx
+    from workers.spec import BadSpecError
+
+    imported = import_onnx(data)
+    if imported.input_shape != input_shape:
+        raise BadSpecError(
+            f"the ONNX model takes {imported.input_shape} images but the dataset's are "
+            f"{input_shape}; export it with an input of that shape"
+        )
+    if imported.num_classes != num_classes:
+        raise BadSpecError(
+            f"the ONNX model returns {imported.num_classes} logits but num_classes="
+            f"{num_classes}; they must match"
+        )
+    check_against_onnxruntime(data, imported)
+    return imported.model
 
 
 def measure_accuracy(model: Any, dataset: str, data_dir: str | None, device: Any = None) -> float:

@@ -238,12 +238,7 @@ def prepare_job(
     """
     ctx.validate()
     dev = resolve_device(device)
-    try:
-        teacher = zoo.build(ctx.teacher_arch, int(ctx.num_classes))
-    except (zoo.UnknownModelError, ValueError) as exc:
-        raise BadSpecError(str(exc)) from exc
-    load_state_safetensors(teacher, ctx.teacher_weights)
-    teacher.eval()
+    teacher = zoo.load_teacher(ctx.teacher_arch, int(ctx.num_classes), ctx.teacher_weights)
     data = (
         splits
         if splits is not None

@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from workers import plugins
-from workers.spec import ZOO_NAMES
+from workers.spec import ONNX_ARCH, ZOO_NAMES, BadSpecError
 
-__all__ = ["UnknownModelError", "build", "names"]
+__all__ = ["UnknownModelError", "build", "load_teacher", "names"]
 
 
 class UnknownModelError(ValueError):
@@ -268,6 +268,11 @@ def build(name: str, num_classes: int) -> nn.Module:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     if name in _BUILDERS:
         return _BUILDERS[name](int(num_classes))
+    if name == ONNX_ARCH:
+        raise UnknownModelError(
+            f"an {ONNX_ARCH!r} teacher is read from its ONNX file (upload it: POST /v1/teachers "
+            "with the field `model`); it cannot be built or trained from its name"
+        )
     try:
         constructor = plugins.load(name)
     except KeyError:
@@ -287,3 +292,37 @@ def build(name: str, num_classes: int) -> nn.Module:
             f"plugin architecture {name!r} returned {type(model).__name__}, not a torch.nn.Module"
         )
     return model
+
+
+def load_teacher(arch: str, num_classes: int, data: bytes) -> nn.Module:
+    """A teacher with its weights, in eval mode on the CPU: the one way workers and the
+    coordinator turn a stored teacher into a network.
+
+    Args:
+        arch: a zoo or plugin architecture (then `data` is its state dict as safetensors), or
+            `ONNX_ARCH` (then `data` is the ONNX file, read by `workers.onnx_import`).
+        num_classes: the classifier's width.
+        data: the teacher's stored weights artifact.
+
+    Raises:
+        BadSpecError: unknown architecture, weights that do not fit, an unreadable ONNX file or
+            one whose output width is not `num_classes`.
+    """
+    if arch == ONNX_ARCH:
+        from workers.onnx_import import import_onnx
+
+        imported = import_onnx(bytes(data))
+        if imported.num_classes != int(num_classes):
+            raise BadSpecError(
+                f"the ONNX model returns {imported.num_classes} logits but num_classes="
+                f"{num_classes}; they must match"
+            )
+        return imported.model
+    from workers.export import load_state_safetensors
+
+    try:
+        model = build(arch, int(num_classes))
+    except (UnknownModelError, ValueError) as exc:
+        raise BadSpecError(str(exc)) from exc
+    load_state_safetensors(model, data)
+    return model.eval()

@@ -34,7 +34,7 @@ def _utc(t: datetime | None) -> datetime | None:
 
 def teacher_public(t: Teacher) -> TeacherPublic:
     return TeacherPublic(
-        id=t.id, arch=t.arch, num_classes=t.num_classes, dataset=t.dataset,
+        id=t.id, arch=t.arch, name=t.name, num_classes=t.num_classes, dataset=t.dataset,
         status=t.status.value, source=t.source, accuracy=t.accuracy,  # type: ignore[arg-type]
         params=t.params, input_shape=list(t.input_shape), error=t.error,
         progress=_progress(t.progress), created_at=utc(t.created_at),

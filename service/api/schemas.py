@@ -88,7 +88,8 @@ class TeacherPublic(BaseModel):
     """A registered teacher (uploaded, or trained by the service)."""
 
     id: int
-    arch: str
+    arch: str = Field(description="a zoo or plugin architecture, or `onnx` for an ONNX upload")
+    name: str | None = Field(default=None, description="the name given at upload, if any")
     num_classes: int
     dataset: str
     status: TeacherStatus

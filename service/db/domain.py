@@ -113,6 +113,8 @@ class Teacher:
     updated_at: datetime
     #: the training's last report: epoch, epochs, val_accuracy (None: not training / no report)
     progress: dict[str, Any] | None = None
+    #: the user's name for it (ONNX uploads), None when unnamed
+    name: str | None = None
 
 
 @dataclass(frozen=True)

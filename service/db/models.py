@@ -43,6 +43,7 @@ class TeacherModel(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     arch: Mapped[str] = mapped_column(String(64))
+    name: Mapped[str | None] = mapped_column(String(128))
     num_classes: Mapped[int] = mapped_column(Integer)
     dataset: Mapped[str] = mapped_column(String(1024))
     status: Mapped[str] = mapped_column(String(16), index=True)

@@ -227,7 +227,7 @@ def _teacher(m: TeacherModel) -> Teacher:
         source=m.source, accuracy=m.accuracy, params=m.params, input_shape=tuple(m.input_shape),
         train_settings=m.train_settings, weights_id=m.weights_id, error=m.error,
         created_at=m.created_at, updated_at=m.updated_at,
-        progress=dict(m.progress) if m.progress is not None else None,
+        progress=dict(m.progress) if m.progress is not None else None, name=m.name,
     )  # fmt: skip
 
 
@@ -304,11 +304,12 @@ class Repository:
         accuracy: float | None = None,
         weights_id: int | None = None,
         train_settings: dict[str, Any] | None = None,
+        name: str | None = None,
     ) -> Teacher:
         now = utcnow()
         m = TeacherModel(
-            arch=arch, num_classes=num_classes, dataset=dataset, status=TeacherState(status).value,
-            source=source,
+            arch=arch, name=name, num_classes=num_classes, dataset=dataset,
+            status=TeacherState(status).value, source=source,
             accuracy=accuracy, params=params, input_shape=list(input_shape),
             train_settings=train_settings, weights_id=weights_id, created_at=now, updated_at=now,
         )  # fmt: skip

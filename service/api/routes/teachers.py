@@ -1,4 +1,5 @@
-"""Teachers: upload (safetensors only, strictly checked), train on a worker, list, download."""
+"""Teachers: upload (safetensors weights of a zoo/plugin architecture, or an ONNX network; strictly
+checked), train on a worker, list, download."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from service.teacher_check import (
     check_teacher,
 )
 from workers import plugins
-from workers.spec import ZOO_NAMES
+from workers.spec import ONNX_ARCH, ZOO_NAMES
 
 __all__ = ["router"]
 
@@ -59,6 +60,7 @@ def _store_upload(
     dataset: str,
     checked: CheckedTeacher,
     data: bytes,
+    name: str | None = None,
 ) -> Teacher:
     """Store checked weights and their teacher row (all or nothing)."""
     art = None
@@ -68,7 +70,7 @@ def _store_upload(
             return repo.create_teacher(
                 arch=arch, num_classes=num_classes, dataset=dataset, status=TeacherState.READY,
                 source="upload", params=checked.params, input_shape=checked.input_shape,
-                accuracy=checked.accuracy, weights_id=art.id,
+                accuracy=checked.accuracy, weights_id=art.id, name=name,
             )  # fmt: skip
     except Exception:
         if art is not None:  # the transaction rolled back: remove its file too
@@ -82,6 +84,18 @@ def list_archs() -> list[str]:
     return [*ZOO_NAMES, *plugins.names()]
 
 
+async def _read_limited(settings: Settings, upload: UploadFile, what: str) -> bytes:
+    limit = settings.max_upload_mb * 1024 * 1024
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(
+            413, f"{what} larger than ESNAC_MAX_UPLOAD_MB={settings.max_upload_mb} MiB"
+        )
+    if not data:
+        raise _unprocessable(f"the uploaded {what} file is empty")
+    return data
+
+
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=TeacherPublic)
 async def upload_teacher(
     request: Request,
@@ -89,28 +103,50 @@ async def upload_teacher(
     settings: SettingsDep,
     storage: StorageDep,
     artifacts: ArtifactsDep,
-    arch: Annotated[str, Form()],
     num_classes: Annotated[int, Form()],
     dataset: Annotated[str, Form()],
-    weights: Annotated[UploadFile, File(description="the state dict as safetensors")],
+    arch: Annotated[str | None, Form(description="zoo/plugin architecture of `weights`")] = None,
+    weights: Annotated[
+        UploadFile | None, File(description="the state dict of `arch` as safetensors")
+    ] = None,
+    model: Annotated[
+        UploadFile | None,
+        File(description="an ONNX classifier with its weights inside (instead of arch+weights)"),
+    ] = None,
     accuracy: Annotated[float | None, Form()] = None,
+    name: Annotated[str | None, Form(max_length=128)] = None,
 ) -> TeacherPublic:
-    """Register trained weights. They are loaded strictly into `arch` (422 naming missing or
-    unexpected keys and wrong shapes); the accuracy is measured on the dataset's validation
-    split when not given. Nothing is stored when any check fails."""
-    limit = settings.max_upload_mb * 1024 * 1024
-    data = await weights.read(limit + 1)
-    if len(data) > limit:
-        raise HTTPException(
-            413,
-            f"weights larger than ESNAC_MAX_UPLOAD_MB={settings.max_upload_mb} MiB",
+    """Register a trained teacher: either `arch` + `weights` (loaded strictly into the
+    architecture; 422 naming missing or unexpected keys and wrong shapes) or `model`, an ONNX
+    file (imported into the search's own network and checked against ONNX Runtime; 422 naming
+    an unsupported node and the supported ops). The accuracy is measured on the dataset's
+    validation split when not given. Nothing is stored when any check fails."""
+    if weights is not None and model is not None:
+        raise _unprocessable(
+            "send either `model` (an ONNX file) or `arch` and `weights` (safetensors), not both"
+        )
+    if weights is not None:
+        if not arch:
+            raise _unprocessable("`arch` is required with `weights` (see GET /v1/teachers/archs)")
+        if arch == ONNX_ARCH:
+            raise _unprocessable("an ONNX network is uploaded in the field `model`, not `weights`")
+        data = await _read_limited(settings, weights, "weights")
+    elif model is not None:
+        if arch not in (None, ONNX_ARCH):
+            raise _unprocessable(
+                f"an ONNX `model` carries its own architecture: leave `arch` out (got {arch!r})"
+            )
+        arch, data = ONNX_ARCH, await _read_limited(settings, model, "model")
+    else:
+        raise _unprocessable(
+            "send either `model` (an ONNX file) or `arch` and `weights` (safetensors)"
         )
     checked = await _checked(
         settings, arch=arch, num_classes=num_classes, dataset=dataset, weights=data,
         accuracy=accuracy,
     )  # fmt: skip
     teacher = await run_in_threadpool(
-        _store_upload, storage, artifacts, arch, num_classes, dataset, checked, data
+        _store_upload, storage, artifacts, arch, num_classes, dataset, checked, data, name
     )
     return teacher_public(teacher)
 
@@ -155,11 +191,12 @@ def get_teacher(teacher_id: int, repo: SessionDep) -> TeacherPublic:
 
 @router.get("/{teacher_id}/weights", response_class=FileResponse)
 def teacher_weights(teacher_id: int, repo: SessionDep, artifacts: ArtifactsDep) -> FileResponse:
-    """The teacher's weights (safetensors)."""
+    """The teacher's weights: safetensors, or the ONNX file of an ONNX upload."""
     t = repo.get_teacher(teacher_id)
     if t.weights_id is None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"teacher {teacher_id} is {t.status}")
     path = artifacts.path(repo.get_artifact(t.weights_id))
+    suffix = "onnx" if t.arch == ONNX_ARCH else "safetensors"
     return FileResponse(
-        path, media_type="application/octet-stream", filename=f"teacher-{t.id}.safetensors"
+        path, media_type="application/octet-stream", filename=f"teacher-{t.id}.{suffix}"
     )
