@@ -18,14 +18,24 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from embedding.graph import INPUT, GraphBuilder, LayerGraph, Segments, UnsupportedModelError
 
-__all__ = ["trace"]
+__all__ = ["channel_shuffle", "trace"]
 
 _PASS_MODULES = (nn.Identity, nn.Dropout)
 _ADD_FUNCS = {operator.add, operator.iadd, torch.add}
 _FLATTEN_FUNCS = {torch.flatten}
 _RELU_FUNCS = {torch.relu, torch.nn.functional.relu}
 _CAT_FUNCS = {torch.cat, torch.concat}
-_SHUFFLE_FUNCS = {torch.channel_shuffle, torch.nn.functional.channel_shuffle}
+
+
+def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """ShuffleNet's channel shuffle as reshape-transpose-reshape: the form ONNX exporters write
+    (PyTorch's native `channel_shuffle` has no ONNX export). Modules that call it register it
+    with `torch.fx.wrap` so `trace` sees one shuffle, not three shape ops."""
+    n, c, h, w = x.shape
+    return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+_SHUFFLE_FUNCS = {torch.channel_shuffle, torch.nn.functional.channel_shuffle, channel_shuffle}
 
 
 def _shape(meta: Any) -> tuple[int, ...]:

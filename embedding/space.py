@@ -18,10 +18,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.fx
 from torch import nn
 
-from embedding.fx_trace import trace
+from embedding.fx_trace import channel_shuffle, trace
 from embedding.graph import INPUT, KINDS, Layer, LayerGraph, UnionFind
+
+torch.fx.wrap("channel_shuffle")  # one traced op in StudentNet (see embedding.fx_trace)
 
 __all__ = [
     "ACTION_FORMAT_VERSION",
@@ -181,6 +184,44 @@ class StudentNet(nn.Module):
                 del outs[j]
         return outs[len(self.ops) - 1]
 
+    def architecture(self) -> dict[str, Any]:
+        """The network as JSON-able data (no weights): what `StudentNet.from_architecture`
+        rebuilds, so a student can be loaded without its teacher (the model card's)."""
+        return {
+            "format": STUDENT_FORMAT_VERSION,
+            "ops": list(self.ops),
+            "inputs": [list(i) for i in self.inputs],
+            "removed": list(self.removed),
+            "modules": {k: _module_spec(m) for k, m in self.layers.items()},
+            "slices": {str(k): list(v) for k, v in self.slices.items()},
+            "shuffles": {str(k): v for k, v in self.shuffles.items()},
+        }
+
+    @classmethod
+    def from_architecture(cls, arch: dict[str, Any]) -> StudentNet:
+        """Rebuild a student from `architecture()` (freshly initialised weights).
+
+        Raises:
+            InvalidActionError: the data is not a student architecture this version reads.
+        """
+        try:
+            if arch.get("format") != STUDENT_FORMAT_VERSION:
+                raise InvalidActionError(
+                    f"student architecture format {arch.get('format')!r}; this version reads "
+                    f"{STUDENT_FORMAT_VERSION}"
+                )
+            ops = [str(op) for op in arch["ops"]]
+            layers = [Layer(i, str(i), "", op, (), (), ()) for i, op in enumerate(ops)]
+            modules = {int(k): _module_from_spec(v) for k, v in arch["modules"].items()}
+            return cls(
+                layers, [tuple(int(j) for j in i) for i in arch["inputs"]],
+                {int(i) for i in arch["removed"]}, modules,
+                {int(k): (int(v[0]), int(v[1])) for k, v in arch["slices"].items()},
+                {int(k): int(v) for k, v in arch["shuffles"].items()},
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InvalidActionError(f"malformed student architecture: {exc!r}") from exc
+
     def _run_layer(self, i: int, op: str, y: torch.Tensor) -> torch.Tensor:
         if op == "add":
             return y
@@ -190,8 +231,49 @@ class StudentNet(nn.Module):
             start, stop = self.slices[i]
             return y[:, start:stop]
         if op == "shuffle":
-            return nn.functional.channel_shuffle(y, self.shuffles[i])
+            return channel_shuffle(y, self.shuffles[i])
         return self.layers[str(i)](y)
+
+
+#: Version of `StudentNet.architecture()`'s format.
+STUDENT_FORMAT_VERSION = 1
+
+#: The modules a student holds, with the constructor arguments its architecture records.
+_MODULE_ARGS: dict[str, tuple[type[nn.Module], tuple[str, ...]]] = {
+    "Conv2d": (nn.Conv2d, ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                           "dilation", "groups")),
+    "BatchNorm2d": (nn.BatchNorm2d, ("num_features", "eps", "momentum", "affine",
+                                     "track_running_stats")),
+    "Linear": (nn.Linear, ("in_features", "out_features")),
+    "ReLU": (nn.ReLU, ()),
+    "ReLU6": (nn.ReLU6, ()),
+    "MaxPool2d": (nn.MaxPool2d, ("kernel_size", "stride", "padding", "ceil_mode")),
+    "AvgPool2d": (nn.AvgPool2d, ("kernel_size", "stride", "padding", "ceil_mode",
+                                 "count_include_pad")),
+    "AdaptiveAvgPool2d": (nn.AdaptiveAvgPool2d, ("output_size",)),
+    "Flatten": (nn.Flatten, ()),
+}  # fmt: skip
+
+
+def _module_spec(mod: nn.Module) -> dict[str, Any]:
+    name = type(mod).__name__
+    if name not in _MODULE_ARGS:
+        raise InvalidActionError(f"a student holds no {name} modules")
+    spec: dict[str, Any] = {"type": name}
+    for arg in _MODULE_ARGS[name][1]:
+        v = getattr(mod, arg)
+        spec[arg] = list(v) if isinstance(v, tuple) else v
+    if isinstance(mod, nn.Conv2d | nn.Linear):
+        spec["bias"] = mod.bias is not None
+    return spec
+
+
+def _module_from_spec(spec: dict[str, Any]) -> nn.Module:
+    cls, args = _MODULE_ARGS[str(spec["type"])]
+    kw = {a: tuple(spec[a]) if isinstance(spec[a], list) else spec[a] for a in args}
+    if "bias" in spec:
+        kw["bias"] = bool(spec["bias"])
+    return cls(**kw)
 
 
 #: The paper's L_max: the encoding has 16 + 2 * 128 numbers per layer.

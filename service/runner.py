@@ -486,6 +486,22 @@ class JobRunner:
 
         await s.db(finish)
 
+    def _card(self, repo: Any, trial: Trial, out: dict[str, Any]) -> dict[str, Any] | None:
+        """The student's model card: the worker's part (architecture, size, accuracies, input,
+        normalisation) with the teacher, job and trial it came from."""
+        card = out.get("card")
+        if not isinstance(card, dict):
+            return None
+        t = repo.get_teacher(self.job.teacher_id)
+        return {
+            **card,
+            "teacher": {"id": t.id, "arch": t.arch, "name": t.name, "accuracy": t.accuracy,
+                        "params": t.params, "dataset": t.dataset},  # fmt: skip
+            "job": self.job_id,
+            "trial": {"id": trial.id, "number": trial.number, "search_accuracy": trial.accuracy,
+                      "reward": trial.reward},  # fmt: skip
+        }
+
     async def _full_train(self, trial: Trial) -> str | None:
         """Fully train one top-k student and store its weights + ONNX; returns an error or None."""
         s, job = self.s, self.job
@@ -523,7 +539,7 @@ class JobRunner:
                     trial.id, accuracy=float(out["accuracy"]),
                     history=[float(x) for x in out.get("history", [])],
                     seconds=float(out.get("seconds", 0.0)), weights_id=w.id,
-                    onnx_id=onnx.id if onnx else None,
+                    onnx_id=onnx.id if onnx else None, card=self._card(repo, trial, out),
                 )  # fmt: skip
 
         await s.db(store)

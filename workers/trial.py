@@ -37,7 +37,12 @@ from embedding.space import (
 )
 from workers import zoo
 from workers.data import DatasetSplits, load_dataset
-from workers.export import load_state_safetensors, state_to_safetensors, to_onnx
+from workers.export import (
+    CARD_FORMAT,
+    load_state_safetensors,
+    state_to_safetensors,
+    to_onnx,
+)
 from workers.latency import Latency, measure_latency
 from workers.progress import Progress
 from workers.spec import (
@@ -387,8 +392,9 @@ def finetune_student(
         progress: the attempt's heartbeat (see `workers.progress`).
 
     Returns:
-        `{"accuracy", "test_accuracy", "history", "weights", "onnx", "params", "flops",
-        "seconds"}` (weights as safetensors bytes, the model as ONNX bytes).
+        `{"accuracy", "test_accuracy", "history", "weights", "onnx", "params", "flops", "card",
+        "seconds"}` (weights as safetensors bytes, the model as ONNX bytes taking raw 0..1
+        images, the worker's part of the model card, `workers.export`).
 
     Raises:
         BadSpecError, WorkerOutOfMemoryError, TrainingFailedError: as `run_trial`.
@@ -404,14 +410,31 @@ def finetune_student(
         result = finetune(
             student, state.splits, training, seed=seed, device=state.device, progress=progress
         )
+        train = state.splits.train
+        mean, std = train.mean.tolist(), train.std.tolist()
+        params, flops = count_params(student), model_flops(student, state.input_shape)
         out: dict[str, Any] = {
             "accuracy": result.accuracy,
             "test_accuracy": result.test_accuracy,
             "history": list(result.history),
             "weights": state_to_safetensors(student),
-            "onnx": to_onnx(student, state.input_shape),
-            "params": count_params(student),
-            "flops": model_flops(student, state.input_shape),
+            "onnx": to_onnx(student, state.input_shape, normalize=(mean, std)),
+            "params": params,
+            "flops": flops,
+            "card": {
+                "format": CARD_FORMAT,
+                "architecture": student.architecture(),
+                "action": act.to_dict(),
+                "params": params,
+                "flops": flops,
+                "accuracy": result.accuracy,
+                "test_accuracy": result.test_accuracy,
+                "input_shape": list(state.input_shape),
+                "num_classes": int(state.ctx.num_classes),
+                "dataset": state.ctx.dataset,
+                "normalization": {"mean": mean, "std": std, "input_range": [0.0, 1.0],
+                                  "folded_into_onnx": True},  # fmt: skip
+            },
         }
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -62,6 +62,7 @@ def trial_public(t: Trial) -> TrialPublic:
         reward=t.reward, attempts=t.attempts, worker=t.worker, history=t.history,
         seconds=t.seconds, error_code=t.error_code, error=t.error,
         has_weights=t.weights_id is not None or t.final_weights_id is not None, final=final,
+        has_card=t.card is not None,
         step=t.step, kernel=t.kernel,
         progress=_progress(t.progress), latency_ms=t.latency_ms,
         teacher_latency_ms=t.teacher_latency_ms, latency_spread=t.latency_spread,

@@ -259,6 +259,9 @@ class TrialPublic(BaseModel):
     error_code: str | None
     error: str | None
     has_weights: bool
+    has_card: bool = Field(
+        default=False, description="a model card is at GET /v1/trials/{id}/card (top-k students)"
+    )
     final: FinalPublic | None
     step: int | None = Field(description="the search step that proposed it (0-based)")
     kernel: int | None = Field(

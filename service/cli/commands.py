@@ -88,25 +88,30 @@ def wait_for_teacher(client: Client, teacher_id: int, poll: float = 1.0) -> dict
 
 def teacher_line(t: dict[str, Any]) -> str:
     acc = "-" if t.get("accuracy") is None else f"{100 * t['accuracy']:.2f}%"
+    arch = f"{t['arch']} ({t['name']})" if t.get("name") else t["arch"]
     return (
-        f"teacher {t['id']}: {t['arch']} on {t['dataset']}, {t['status']}, "
+        f"teacher {t['id']}: {arch} on {t['dataset']}, {t['status']}, "
         f"{format_count(t['params'])} params, accuracy {acc}"
     )
 
 
 def cmd_teacher_register(args: argparse.Namespace) -> int:
-    path = Path(args.weights)
+    onnx = args.onnx is not None
+    if not onnx and not args.arch:
+        raise CliError("--weights needs --arch (or upload your network with --onnx FILE)")
+    if onnx and args.arch:
+        raise CliError("an ONNX file carries its architecture: leave out --arch")
+    path = Path(args.onnx if onnx else args.weights)
     if not path.is_file():
-        raise CliError(f"weights file {path} does not exist")
-    data: dict[str, str] = {
-        "arch": args.arch,
-        "num_classes": str(args.num_classes),
-        "dataset": args.dataset,
-    }
-    if args.accuracy is not None:
-        data["accuracy"] = str(args.accuracy)
+        raise CliError(f"{'ONNX' if onnx else 'weights'} file {path} does not exist")
+    data: dict[str, str] = {"num_classes": str(args.num_classes), "dataset": args.dataset}
+    if not onnx:
+        data["arch"] = args.arch
+    for field in ("accuracy", "name"):
+        if getattr(args, field) is not None:
+            data[field] = str(getattr(args, field))
     with _client(args) as client, path.open("rb") as fh:
-        files = {"weights": (path.name, fh, "application/octet-stream")}
+        files = {"model" if onnx else "weights": (path.name, fh, "application/octet-stream")}
         teacher = client.post("/v1/teachers", data=data, files=files)
     print(teacher_line(teacher))
     return 0
@@ -375,6 +380,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             trial = client.get(f"/v1/trials/{args.trial}")
         kind = "onnx" if args.format == "onnx" else "weights"
         response = client.request("GET", f"/v1/trials/{trial['id']}/{kind}")
+        card = client.get(f"/v1/trials/{trial['id']}/card") if trial.get("has_card") else None
     out = Path(args.output)
     if out.is_dir():
         out = out / f"trial-{trial['id']}.{'onnx' if kind == 'onnx' else 'safetensors'}"
@@ -382,6 +388,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     out.write_bytes(response.content)
     action_path = out.with_name(out.name + ".action.json")
     action_path.write_text(json.dumps(trial["action"], indent=2) + "\n")
+    card_path = None
+    if card is not None:  # a fully trained student: self-contained with its model card
+        card_path = out.with_name(out.name + ".card.json")
+        card_path.write_text(json.dumps(card, indent=2) + "\n")
     if kind == "onnx":
         which = "the ONNX model"
     else:  # "final" after full training, else the search-time weights
@@ -389,5 +399,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(
         f"trial {trial['id']}: wrote {which} ({len(response.content):,} bytes) to {out}, "
         f"its architecture (action) to {action_path}"
+        + (f", its model card to {card_path}" if card_path else "")
     )
     return 0

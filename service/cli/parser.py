@@ -178,13 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = t_sub.add_parser(
         "register",
-        help="upload trained weights (safetensors)",
-        description="Register a trained teacher by uploading its weights.",
+        help="upload a trained network (ONNX, or safetensors weights of a zoo architecture)",
+        description="Register a trained teacher: your own network as an ONNX file (--onnx), or "
+        "the weights of a zoo or plugin architecture (--arch with --weights).",
     )
-    p.add_argument("--arch", required=True, help="zoo architecture the weights belong to")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--onnx", metavar="FILE", help="an ONNX classifier with its weights inside (any network "
+        "built from the supported ops; see GET /v1/teachers/archs for the zoo)",
+    )  # fmt: skip
+    src.add_argument("--weights", help="a .safetensors state dict of --arch")
+    p.add_argument("--arch", help="zoo or plugin architecture of --weights")
+    p.add_argument("--name", help="a name for the teacher (shown in listings)")
     p.add_argument("--num-classes", type=_positive_int, required=True)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--weights", required=True, help="a .safetensors state dict")
     p.add_argument(
         "--accuracy",
         type=float,

@@ -189,3 +189,5 @@ class Trial:
     latency_ms: float | None = None
     teacher_latency_ms: float | None = None
     latency_spread: float | None = None
+    #: a fully trained student's model card (`workers.export`), None before full training
+    card: dict[str, Any] | None = None

@@ -122,6 +122,7 @@ class TrialModel(Base):
     latency_ms: Mapped[float | None] = mapped_column(Float)
     teacher_latency_ms: Mapped[float | None] = mapped_column(Float)
     latency_spread: Mapped[float | None] = mapped_column(Float)
+    card: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -257,7 +257,7 @@ def _trial(m: TrialModel) -> Trial:
         progress=dict(m.progress) if m.progress is not None else None,
         heartbeat_at=m.heartbeat_at, lost_attempts=list(m.lost_attempts or []),
         latency_ms=m.latency_ms, teacher_latency_ms=m.teacher_latency_ms,
-        latency_spread=m.latency_spread,
+        latency_spread=m.latency_spread, card=dict(m.card) if m.card is not None else None,
     )  # fmt: skip
 
 
@@ -645,6 +645,7 @@ class Repository:
         seconds: float,
         weights_id: int,
         onnx_id: int | None,
+        card: dict[str, Any] | None = None,
     ) -> Trial:
         """Attach the full-training result to a succeeded trial (its state does not change)."""
         m = self._s.get(TrialModel, trial_id, with_for_update=True)
@@ -653,6 +654,6 @@ class Repository:
         if m.status != TrialState.SUCCEEDED.value:
             raise StorageError(f"trial {trial_id} is {m.status}; only succeeded ones are final")
         m.final_accuracy, m.final_history, m.final_seconds = accuracy, list(history), seconds
-        m.final_weights_id, m.onnx_id = weights_id, onnx_id
+        m.final_weights_id, m.onnx_id, m.card = weights_id, onnx_id, card
         m.updated_at = utcnow()
         return _trial(m)

@@ -187,3 +187,29 @@ def test_student_moves_like_any_module() -> None:
     student = space.materialize(space.sample(np.random.default_rng(5))).to(torch.float64)
     assert next(student.parameters()).dtype == torch.float64
     assert student(torch.randn(2, 3, 32, 32, dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize("arch", ["shufflenetv2", "mobilenetv2"])
+def test_students_trace_to_their_own_graph_and_rebuild_from_their_architecture(arch: str) -> None:
+    """A student is a network like any teacher: `trace` reads it back to the same graph (what an
+    ONNX teacher relies on), and `architecture()` rebuilds it without the teacher."""
+    import json
+
+    from embedding.fx_trace import trace
+    from embedding.space import StudentNet
+
+    space = CompressionSpace.for_teacher(zoo.build(arch, 10).eval())
+    teacher_net = space.materialize(space.empty_action()).eval()
+    again = trace(teacher_net)
+    assert [(la.op, la.inputs, la.out_shape) for la in again.layers] == [
+        (la.op, la.inputs, la.out_shape) for la in space.graph.layers
+    ]
+    assert again.group_sizes == space.graph.group_sizes and again.frozen == space.graph.frozen
+    student = space.materialize(space.sample(np.random.default_rng(3))).eval()
+    rebuilt = StudentNet.from_architecture(json.loads(json.dumps(student.architecture())))
+    rebuilt.load_state_dict(student.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), student(x))
+    with pytest.raises(InvalidActionError, match="format"):
+        StudentNet.from_architecture({"format": 99})

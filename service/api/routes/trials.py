@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, HTTPException, status
 from fastapi.responses import FileResponse
 
@@ -39,9 +41,26 @@ def trial_weights(trial_id: int, repo: SessionDep, artifacts: ArtifactsDep) -> F
     )
 
 
+@router.get("/{trial_id}/card")
+def trial_card(trial_id: int, repo: SessionDep) -> dict[str, Any]:
+    """The fully trained student's model card (JSON): its architecture (what
+    `workers.export.load_student` rebuilds), action, params, FLOPs, accuracies, input shape,
+    classes, the normalisation its weights expect (the ONNX export has it folded in), and the
+    teacher, job and trial it came from."""
+    t = repo.get_trial(trial_id)
+    if t.card is None:
+        raise HTTPException(
+            status.HTTP_404_NOT_FOUND,
+            f"trial {trial_id} has no model card: only the top-k students get one, after the "
+            "job's full training",
+        )
+    return t.card
+
+
 @router.get("/{trial_id}/onnx", response_class=FileResponse)
 def trial_onnx(trial_id: int, repo: SessionDep, artifacts: ArtifactsDep) -> FileResponse:
-    """The fully trained student as ONNX (top-k students of a finished search only)."""
+    """The fully trained student as ONNX (top-k students of a finished search only). It takes
+    raw images scaled to 0..1: the dataset's normalisation is folded in."""
     t = repo.get_trial(trial_id)
     if t.onnx_id is None:
         raise HTTPException(
