@@ -3,7 +3,7 @@
 An `Action` is plain data -- which layers are removed, how much each channel group shrinks, which
 skip edges are added -- and `teacher + action -> student` is deterministic (`materialize`).
 
-Why one module of ~600 lines: sampling, validation, parameter counting, materialisation and
+Why one module of ~680 lines: sampling, validation, parameter counting, materialisation and
 encoding all read the same private resolution of an action against the teacher graph
 (`_resolve`); splitting them would make that resolution a public interface.
 """

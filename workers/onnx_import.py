@@ -19,6 +19,10 @@ eval-mode model (BatchNorm kept); the TorchScript-based and the dynamo-based exp
 
 `check_against_onnxruntime` runs the file in ONNX Runtime and the imported network in PyTorch on
 the same random inputs: the upload's proof that the import is exact.
+
+Why one module of ~860 lines: one small handler per supported op, all reading and writing the
+importer's state (the values by name, the layers, each layer's value on the example input); the
+container checks and the ONNX Runtime comparison sit beside them because an upload runs all three.
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ CASES = [
     (name, mode)
     for name in ("resnet18", "vgg11_bn", "mobilenet_v2", "shufflenet_v2_x0_5")
     for mode in ("eval", "preserve")
-] + [("resnet18", "dynamo"), ("shufflenet_v2_x0_5", "dynamo")]
+] + [("shufflenet_v2_x0_5", "dynamo")]  # the dynamo exporter: ReduceMean, Split
 
 
 @pytest.mark.parametrize(("name", "mode"), CASES)
