@@ -71,7 +71,7 @@ async def check_teacher(
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "workers.teacher_check",
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env,
+            stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp,  # no relative path reaches ours
         )  # fmt: skip
         try:
             out, err = await asyncio.wait_for(

@@ -147,7 +147,7 @@ def to_onnx(
 
 
 def load_student(
-    weights: bytes | str | os.PathLike[str],
+    weights: bytes | bytearray | memoryview | str | os.PathLike[str],
     card: dict[str, Any] | str | os.PathLike[str],
     raw_input: bool = False,
 ) -> nn.Module:
@@ -174,7 +174,10 @@ def load_student(
     from embedding.space import InvalidActionError, StudentNet
 
     if not isinstance(card, dict):
-        card = json.loads(Path(card).read_text())
+        try:
+            card = json.loads(Path(card).read_text())
+        except ValueError as exc:
+            raise BadSpecError(f"the model card {card} is not JSON: {exc}") from exc
     if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
         got = card.get("format") if isinstance(card, dict) else type(card).__name__
         raise BadSpecError(f"not an ESNAC model card (format {got!r}; expected {CARD_FORMAT!r})")
@@ -182,9 +185,14 @@ def load_student(
         net = StudentNet.from_architecture(card["architecture"])
     except (InvalidActionError, KeyError) as exc:
         raise BadSpecError(f"the model card's architecture cannot be read: {exc}") from exc
-    data = weights if isinstance(weights, bytes) else Path(weights).read_bytes()
+    if isinstance(weights, bytes | bytearray | memoryview):
+        data = bytes(weights)
+    else:
+        data = Path(weights).read_bytes()
     load_state_safetensors(net, data)
     if raw_input:
-        norm = card["normalization"]
+        norm = card.get("normalization")
+        if not isinstance(norm, dict) or not {"mean", "std"} <= set(norm):
+            raise BadSpecError("the model card has no normalization mean/std")
         return nn.Sequential(Normalize(norm["mean"], norm["std"]), net).eval()
     return net.eval()

@@ -70,8 +70,21 @@ CONSTANT_OPS = (
 
 SUPPORTED_OPS: tuple[str, ...] = tuple(sorted(set(LAYER_OPS) | set(CONSTANT_OPS)))
 
-#: Elements a constant produced at import time may have (guards the shape arithmetic).
+#: Ops on constants whose output is no larger than their input (weights pass through them).
+_SIZE_PRESERVING = frozenset({
+    "Constant", "Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Slice",
+    "Split", "Floor", "Ceil", "Neg", "ReduceProd", "Shape", "Size",
+})  # fmt: skip
+#: Elements of an input to other constant arithmetic (shape arithmetic is tiny).
+_MAX_ARITH_INPUT = 1 << 16
+#: Elements a constant computed at import time may have.
 _MAX_CONST_ELEMENTS = 1 << 20
+#: Elements of one image (C x H x W) the importer accepts, and of one example value.
+_MAX_IMAGE_ELEMENTS = 3 * 1024 * 1024
+_MAX_VALUE_ELEMENTS = 1 << 25
+#: The example batch of the import (the ONNX Runtime check uses the file's fixed batch).
+_BATCH = 2
+_MAX_FIXED_BATCH = 64
 
 
 class OnnxImportError(BadSpecError):
@@ -124,6 +137,11 @@ def load_onnx(data: bytes) -> Any:
             "the file is not an ONNX model (no graph or no opset); upload the .onnx file "
             "torch.onnx.export wrote"
         )
+    if _has_sparse(model.graph):
+        raise _refuse(
+            "the model holds sparse tensors; export it with dense initializers (the weights "
+            "PyTorch's exporters write)"
+        )
     external = [t.name for t in _all_tensors(model.graph) if _is_external(t)]
     if external:
         raise _refuse(
@@ -143,6 +161,10 @@ def load_onnx(data: bytes) -> Any:
             f"the model defines the local function {fn.name!r}; export without custom functions "
             "(inline them with onnx.inliner.inline_local_functions)"
         )
+    try:
+        onnx.checker.check_model(model)
+    except (onnx.checker.ValidationError, ValueError) as exc:
+        raise _refuse(f"the ONNX model is malformed: {str(exc).splitlines()[0]}") from exc
     return model
 
 
@@ -157,6 +179,19 @@ def _is_external(t: Any) -> bool:
     import onnx
 
     return bool(t.data_location == onnx.TensorProto.EXTERNAL or t.external_data)
+
+
+def _has_sparse(graph: Any) -> bool:
+    if graph.sparse_initializer:
+        return True
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("sparse_tensor") or attr.sparse_tensors:
+                return True
+            subgraphs = [attr.g] if attr.HasField("g") else []
+            if any(_has_sparse(g) for g in [*subgraphs, *attr.graphs]):
+                return True
+    return False
 
 
 def _all_tensors(graph: Any) -> list[Any]:
@@ -204,10 +239,17 @@ def import_onnx(data: bytes) -> ImportedTeacher:
     opset = _default_opset(model)
     if opset is None:  # load_onnx refused it already
         raise _refuse("no default-domain opset")
+    importer = None
     try:
-        return _Importer(model, opset).run()
-    except onnx.checker.ValidationError as exc:  # malformed attributes read by the helpers
-        raise _refuse(f"the ONNX graph is malformed: {exc}") from exc
+        with torch.random.fork_rng(devices=[]):  # module inits must not move the caller's RNG
+            importer = _Importer(model, opset)
+            return importer.run()
+    except OnnxImportError:
+        raise
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError, RuntimeError,
+            MemoryError, onnx.checker.ValidationError) as exc:  # fmt: skip
+        where = f" at node {importer.current!r}" if importer and importer.current else ""
+        raise _refuse(f"the ONNX model cannot be read{where}: {type(exc).__name__}: {exc}") from exc
 
 
 class _Importer:
@@ -217,16 +259,18 @@ class _Importer:
         self.model = model
         self.graph = model.graph
         self.opset = opset
+        self.current = ""  # the node being read (named in errors)
         self.consts: dict[str, np.ndarray] = {
             t.name: numpy_helper.to_array(t) for t in self.graph.initializer
         }
+        self.file_batch: int | None = None
+        self.aliases: dict[int, list[str]] = {}  # layer index -> the names of its value
         self.values: dict[str, Any] = {}
         self.layers: list[Layer] = []
         self.modules: dict[int, nn.Module] = {}
         self.slices: dict[int, tuple[int, int]] = {}
         self.shuffles: dict[int, int] = {}
         self.tensors: list[torch.Tensor] = []  # each layer's value on the example input
-        self.names: dict[int, str] = {}  # layer index -> the ONNX name of its output
         self.example = torch.empty(0)
         self.uses: Counter[str] = Counter(i for n in self.graph.node for i in n.input if i)
         self.uses.update(o.name for o in self.graph.output)
@@ -246,14 +290,16 @@ class _Importer:
                 "-- export only the classifier's output"
             )
         batch, shape = self._input_shape(inputs[0])
-        torch.manual_seed(0)
-        self.example = torch.rand(batch or 2, *shape)
+        self.file_batch = batch
+        self.example = torch.rand(_BATCH, *shape, generator=torch.Generator().manual_seed(0))
         self.values[inputs[0].name] = _Tensor(INPUT, self.example)
         needed = self._needed_nodes()
         with torch.no_grad():
             for k, node in enumerate(graph.node):
                 if k in needed:
+                    self.current = node.name or f"#{k} ({node.op_type})"
                     self._node(node)
+            self.current = ""
         out = self.values.get(graph.output[0].name)
         if not isinstance(out, _Tensor) or out.index == INPUT:
             raise _refuse("the model's output is not computed from its input by supported ops")
@@ -289,7 +335,15 @@ class _Importer:
                 f"({dims[1:]}); export with a fixed image size (only the batch may be dynamic)"
             )
         batch = dims[0] if dims[0] else None
-        return batch, (int(dims[1]), int(dims[2]), int(dims[3]))  # type: ignore[arg-type]
+        image = (int(dims[1]), int(dims[2]), int(dims[3]))  # type: ignore[arg-type]
+        if math.prod(image) > _MAX_IMAGE_ELEMENTS:
+            raise _refuse(f"the input images {image} are too large (at most 3 x 1024 x 1024)")
+        if batch is not None and batch > _MAX_FIXED_BATCH:
+            raise _refuse(
+                f"the model fixes the batch to {batch}; export it with a batch of 1 (or a "
+                "dynamic batch axis)"
+            )
+        return batch, image
 
     def _needed_nodes(self) -> set[int]:
         """Positions of the nodes the output depends on (dead branches are skipped)."""
@@ -346,9 +400,10 @@ class _Importer:
         return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
     def _set(self, node: Any, value: Any, k: int = 0) -> None:
-        self.values[node.output[k]] = value
+        name = node.output[k]
+        self.values[name] = value
         if isinstance(value, _Tensor) and value.index != INPUT:
-            self.names.setdefault(value.index, node.output[k])
+            self.aliases.setdefault(value.index, []).append(name)
 
     # ------------------------------------------------------------------------------ constants
     def _fold(self, node: Any) -> None:
@@ -357,9 +412,10 @@ class _Importer:
         from onnx.reference import ReferenceEvaluator
 
         feeds = {i: self._value(node, i) for i in node.input if i}
-        for v in feeds.values():
-            if v.size > _MAX_CONST_ELEMENTS:
-                raise _refuse(f"node {node.name!r} ({node.op_type}) computes on a huge constant")
+        if node.op_type == "Identity":  # weights pass through it (the TorchScript exporter)
+            self._set(node, next(iter(feeds.values())))
+            return
+        self._fold_guard(node, list(feeds.values()))
         inputs = [
             helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
             for i, v in feeds.items()
@@ -373,11 +429,36 @@ class _Importer:
             raise _refuse(
                 f"node {node.name!r} ({node.op_type}) on constants cannot be evaluated: {exc}"
             ) from exc
-        for k, r in enumerate(results):
-            arr = np.asarray(r)
-            if arr.size > _MAX_CONST_ELEMENTS:
-                raise _refuse(f"node {node.name!r} ({node.op_type}) makes a huge constant")
-            self._set(node, arr, k)
+        names = [o for o in node.output if o]
+        for name, r in zip(names, results, strict=True):
+            self.values[name] = np.asarray(r)
+
+    def _fold_guard(self, node: Any, feeds: list[np.ndarray]) -> None:
+        """Refuse constant arithmetic whose result could be huge, before computing it: an
+        op that does not grow its input is bounded by the file; any other must take small
+        inputs and (broadcasting, gathering, concatenating) give a small output."""
+        op = node.op_type
+        if op in _SIZE_PRESERVING:
+            return
+        huge = _refuse(
+            f"node {node.name!r} ({op}) computes on large constants; only shape arithmetic is "
+            "evaluated at import time"
+        )
+        if any(v.size > _MAX_ARITH_INPUT for v in feeds):
+            raise huge
+        if op == "Concat":
+            out = sum(v.size for v in feeds)
+        elif op == "Gather":
+            data, idx = feeds[0], feeds[1]
+            axis = int(self._attrs(node).get("axis", 0)) % max(1, data.ndim)
+            out = math.prod(data.shape[:axis]) * idx.size * math.prod(data.shape[axis + 1 :])
+        else:  # elementwise, broadcasting
+            try:
+                out = math.prod(np.broadcast_shapes(*(v.shape for v in feeds)))
+            except ValueError as exc:
+                raise _refuse(f"node {node.name!r} ({op}): shapes do not broadcast") from exc
+        if out > _MAX_CONST_ELEMENTS:
+            raise huge
 
     def _shape(self, node: Any, x: Any) -> None:
         t = self._tensor_arg(node, x)
@@ -453,10 +534,16 @@ class _Importer:
         pads = _sym_pads(node, a.get("pads", [0, 0, 0, 0]))
         groups = int(a.get("group", 1))
         cout, cin_g, kh, kw = (int(s) for s in w.shape)
+        strides, dilations = _pair(node, a, "strides"), _pair(node, a, "dilations")
+        if groups < 1 or cout % groups or cin_g * groups != x.value.shape[1]:
+            raise _refuse(
+                f"node {node.name!r} (Conv): a {tuple(w.shape)} weight with group={groups} "
+                f"does not fit {x.value.shape[1]} input channels"
+            )
+        self._guard_size(node, x, cout, (kh, kw), strides, pads, dilations, ceil=False)
         conv = nn.Conv2d(
-            cin_g * groups, cout, (kh, kw), stride=tuple(a.get("strides", [1, 1])),
-            padding=pads, dilation=tuple(a.get("dilations", [1, 1])), groups=groups,
-            bias=b is not None,
+            cin_g * groups, cout, (kh, kw), stride=strides, padding=pads, dilation=dilations,
+            groups=groups, bias=b is not None,
         )  # fmt: skip
         if conv.in_channels != x.value.shape[1]:
             raise _refuse(
@@ -466,9 +553,36 @@ class _Importer:
         _load(conv, weight=w, bias=b)
         self._module(node, "Conv2d", "conv", x, conv)
 
+    def _guard_size(
+        self,
+        node: Any,
+        x: _Tensor,
+        channels: int,
+        kernel: tuple[int, int],
+        stride: tuple[int, int],
+        pad: tuple[int, int],
+        dilation: tuple[int, int],
+        ceil: bool,
+    ) -> None:
+        """Refuse a conv / pool whose output would be empty or huge, before computing it."""
+        size = []
+        for dim, k, s, p, d in zip(x.value.shape[2:], kernel, stride, pad, dilation, strict=True):
+            span = int(dim) + 2 * p - d * (k - 1) - 1
+            size.append((-(-span // s) if ceil else span // s) + 1)
+        if min(size) < 1 or x.value.shape[0] * channels * math.prod(size) > _MAX_VALUE_ELEMENTS:
+            raise _refuse(
+                f"node {node.name!r} ({node.op_type}) would make a {channels} x {size[0]} x "
+                f"{size[1]} output from {tuple(x.value.shape[1:])}"
+            )
+
     def _op_BatchNormalization(self, node: Any, args: list[Any]) -> None:
         x = self._tensor_arg(node, args[0])
         a = self._attrs(node)
+        if x.value.dim() != 4:
+            raise _refuse(
+                f"node {node.name!r} (BatchNormalization) normalises a {x.value.dim()}-D tensor; "
+                "only BatchNorm2d on images (after a Conv) is supported"
+            )
         if int(a.get("training_mode", 0)) or int(a.get("is_test", 1)) == 0:
             raise _refuse(
                 f"node {node.name!r} (BatchNormalization) is in training mode: the model was "
@@ -512,10 +626,15 @@ class _Importer:
         if any(int(d) != 1 for d in a.get("dilations", [1, 1])):
             raise _refuse(f"node {node.name!r} ({node.op_type}) is dilated; not supported")
         kh, kw = (int(v) for v in a["kernel_shape"])
-        sh, sw = (int(v) for v in a.get("strides", [1, 1]))
-        k, s = (kh, kw), (sh, sw)
+        k, s = (kh, kw), _pair(node, a, "strides")
         p = _sym_pads(node, a.get("pads", [0, 0, 0, 0]))
         ceil = bool(a.get("ceil_mode", 0))
+        if min(k) < 1 or p[0] > kh // 2 or p[1] > kw // 2:
+            raise _refuse(
+                f"node {node.name!r} ({node.op_type}): kernel {k} with pads {p}; the padding "
+                "may be at most half the kernel"
+            )
+        self._guard_size(node, x, int(x.value.shape[1]), k, s, p, (1, 1), ceil)
         if kind == "MaxPool2d":
             self._module(node, kind, "maxpool", x, nn.MaxPool2d(k, s, p, ceil_mode=ceil))
         else:
@@ -607,7 +726,7 @@ class _Importer:
         mod = self.modules.get(x.index)
         fusable = (
             isinstance(mod, nn.Linear) and mod.bias is None and x.index == len(self.layers) - 1
-            and self.uses[self.names.get(x.index, "")] == 1
+            and sum(self.uses[n] for n in self.aliases.get(x.index, [])) == 1
         )  # fmt: skip
         if not isinstance(mod, nn.Linear) or not fusable:
             raise _refuse(
@@ -635,6 +754,8 @@ class _Importer:
                 f"node {node.name!r} (Concat) joins along axis {axis}; only channel concats "
                 "(axis 1 of images) are supported"
             )
+        if sum(s.value.numel() for s in srcs) > _MAX_VALUE_ELEMENTS:
+            raise _refuse(f"node {node.name!r} (Concat) would make a huge tensor")
         value = torch.cat([s.value for s in srcs], dim=1)
         self._set(node, self._layer(node, "Concat", "concat", srcs, value))
 
@@ -656,14 +777,16 @@ class _Importer:
             if not x.transposed:
                 raise _refuse(f"node {node.name!r} (Reshape) regroups channels without shuffling")
             src = x.src
-            if _resolve(shape, x.src.value, node) != tuple(src.value.shape):
+            n, c, h, w = src.value.shape
+            grouped = (n, c // x.groups, x.groups, h, w)  # after the transpose
+            if _resolve(shape, grouped, node, self.file_batch) != tuple(src.value.shape):
                 raise _refuse(f"node {node.name!r} (Reshape) does not undo the channel grouping")
             value = torch.channel_shuffle(src.value, x.groups)
             self.shuffles[len(self.layers)] = x.groups
             self._set(node, self._layer(node, "Shuffle", "shuffle", [src], value))
             return
         t = self._tensor_arg(node, x)
-        target = _resolve(shape, t.value, node)
+        target = _resolve(shape, tuple(t.value.shape), node, self.file_batch)
         batch, rest = int(t.value.shape[0]), tuple(t.value.shape[1:])
         if target == tuple(t.value.shape):
             self._set(node, t)
@@ -780,6 +903,14 @@ def _arg(args: list[Any], k: int) -> Any:
     return args[k] if len(args) > k else None
 
 
+def _pair(node: Any, attrs: dict[str, Any], name: str) -> tuple[int, int]:
+    """A positive 2-D stride / dilation attribute (default 1, 1)."""
+    v = [int(x) for x in attrs.get(name, [1, 1])]
+    if len(v) != 2 or min(v) < 1:
+        raise _refuse(f"node {node.name!r} ({node.op_type}) has {name}={v}; want two positive ints")
+    return v[0], v[1]
+
+
 def _sym_pads(node: Any, pads: list[int]) -> tuple[int, int]:
     p = [int(v) for v in pads]
     if len(p) != 4 or p[0] != p[2] or p[1] != p[3]:
@@ -796,19 +927,30 @@ def _scalar(v: Any) -> float | None:
     return None
 
 
-def _resolve(shape: np.ndarray, x: torch.Tensor, node: Any) -> tuple[int, ...]:
-    """A Reshape's target shape with 0 (copy) and -1 (infer) resolved against `x`."""
-    dims = [int(v) for v in shape.tolist()]
-    out = [int(x.shape[i]) if d == 0 and i < x.dim() else d for i, d in enumerate(dims)]
+def _resolve(
+    shape: np.ndarray, in_shape: tuple[int, ...], node: Any, file_batch: int | None
+) -> tuple[int, ...]:
+    """A Reshape's target shape with 0 (copy) and -1 (infer) resolved against `in_shape`.
+
+    The import runs at its own example batch; a file with a fixed batch writes that batch into
+    its reshape targets (`[1, 512]`), so a leading dimension equal to it means "the batch"."""
+    dims = [int(v) for v in shape.reshape(-1).tolist()]
+    numel = math.prod(in_shape)
+    allowzero = any(a.name == "allowzero" and a.i for a in node.attribute)
+    if any(d < -1 for d in dims) or (allowzero and 0 in dims):
+        raise _refuse(f"node {node.name!r} (Reshape) has the target shape {dims}")
+    out = [int(in_shape[i]) if d == 0 and i < len(in_shape) else d for i, d in enumerate(dims)]
+    if file_batch is not None and out and out[0] == file_batch:
+        out[0] = in_shape[0]
     if out.count(-1) > 1:
         raise _refuse(f"node {node.name!r} (Reshape) has several -1 dimensions")
     if -1 in out:
         known = math.prod(d for d in out if d != -1)
-        if known == 0 or x.numel() % known:
-            raise _refuse(f"node {node.name!r} (Reshape) cannot reshape {tuple(x.shape)}")
-        out[out.index(-1)] = x.numel() // known
-    if math.prod(out) != x.numel():
-        raise _refuse(f"node {node.name!r} (Reshape) cannot reshape {tuple(x.shape)} to {dims}")
+        if known == 0 or numel % known:
+            raise _refuse(f"node {node.name!r} (Reshape) cannot reshape {in_shape} to {dims}")
+        out[out.index(-1)] = numel // known
+    if math.prod(out) != numel:
+        raise _refuse(f"node {node.name!r} (Reshape) cannot reshape {in_shape} to {dims}")
     return tuple(out)
 
 
@@ -859,6 +1001,11 @@ def check_against_onnxruntime(
             got = teacher.model(x).numpy()
         if got.shape != ref.shape:
             raise _refuse(f"the imported network returns {got.shape}, ONNX Runtime {ref.shape}")
+        if not (np.isfinite(ref).all() and np.isfinite(got).all()):
+            raise _refuse(
+                "the model's outputs are not finite (NaN or infinity) on random inputs; check "
+                "its weights"
+            )
         scale = max(1.0, float(np.abs(ref).max()))
         worst = max(worst, float(np.abs(got - ref).max()) / scale)
     if worst > tolerance:

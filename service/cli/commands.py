@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -394,6 +395,12 @@ def cmd_export(args: argparse.Namespace) -> int:
         card_path.write_text(json.dumps(card, indent=2) + "\n")
     if kind == "onnx":
         which = "the ONNX model"
+        if card is None:  # exported before students carried cards (and raw-input ONNX)
+            print(
+                f"note: trial {trial['id']} has no model card: its ONNX expects normalised "
+                "images, not raw 0..1 ones",
+                file=sys.stderr,
+            )
     else:  # "final" after full training, else the search-time weights
         which = f"the {response.headers.get('X-ESNAC-Weights', 'search')} weights"
     print(

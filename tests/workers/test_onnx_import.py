@@ -164,6 +164,13 @@ def test_unsupported_ops_are_named_with_the_supported_list() -> None:
         ("training_bn", r"call model.eval\(\) before torch.onnx.export"),
         ("asymmetric_pads", "pads asymmetrically"),
         ("reshape", "only flattening and the channel shuffle"),
+        ("huge_input", "too large"),
+        ("huge_constant", "computes on large constants"),
+        ("huge_conv", "would make a"),
+        ("bn_2d", "normalises a 2-D tensor"),
+        ("bad_group", "does not fit 3 input channels"),
+        ("sparse", "sparse tensors"),
+        ("missing_attribute", "malformed"),
     ],
 )
 def test_unreadable_files_are_refused_with_a_reason(kind: str, needle: str) -> None:
@@ -188,7 +195,7 @@ def test_unreadable_files_are_refused_with_a_reason(kind: str, needle: str) -> N
     elif kind == "dynamic_size":
         data = _classifier(inp=(1, 3, "h", "w")).SerializeToString()
     elif kind == "two_outputs":
-        m.graph.output.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, None))
+        m.graph.output.append(helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 3, 1, 1]))
         data = m.SerializeToString()
     elif kind == "training_bn":
         stats = [numpy_helper.from_array(np.ones(3, np.float32), f"s{i}") for i in range(4)]
@@ -203,6 +210,44 @@ def test_unreadable_files_are_refused_with_a_reason(kind: str, needle: str) -> N
         m.graph.node.insert(0, pool)
         m.graph.node[1].input[0] = "mp"
         data = m.SerializeToString()
+    elif kind == "huge_input":
+        data = _classifier(inp=(1, 3, 4096, 4096)).SerializeToString()
+    elif kind == "huge_constant":  # two small constants that broadcast to 2**32 elements
+        a = numpy_helper.from_array(np.zeros((65536, 1), np.float32), "a")
+        b = numpy_helper.from_array(np.zeros((1, 65536), np.float32), "b")
+        m.graph.initializer.extend([a, b])
+        m.graph.node.insert(0, helper.make_node("Add", ["a", "b"], ["w2"], name="blowup"))
+        m.graph.node[-1].input[1] = "w2"
+        data = m.SerializeToString()
+    elif kind == "huge_conv":  # a 1x1 conv padded by 20,000
+        w = numpy_helper.from_array(np.ones((3, 3, 1, 1), np.float32), "cw")
+        m.graph.initializer.append(w)
+        conv = helper.make_node("Conv", ["x", "cw"], ["c"], name="c", pads=[20000] * 4)
+        m.graph.node.insert(0, conv)
+        m.graph.node[1].input[0] = "c"
+        data = m.SerializeToString()
+    elif kind == "bn_2d":
+        stats = [numpy_helper.from_array(np.ones(3, np.float32), f"s{i}") for i in range(4)]
+        m.graph.initializer.extend(stats)
+        bn = helper.make_node("BatchNormalization", ["f", "s0", "s1", "s2", "s3"], ["fb"])
+        m.graph.node.insert(2, bn)
+        m.graph.node[3].input[0] = "fb"
+        data = m.SerializeToString()
+    elif kind == "bad_group":
+        w = numpy_helper.from_array(np.ones((4, 3, 1, 1), np.float32), "cw")
+        m.graph.initializer.append(w)
+        m.graph.node.insert(0, helper.make_node("Conv", ["x", "cw"], ["c"], name="c", group=2))
+        m.graph.node[1].input[0] = "c"
+        data = m.SerializeToString()
+    elif kind == "sparse":
+        values = numpy_helper.from_array(np.ones(2, np.float32), "sv")
+        indices = numpy_helper.from_array(np.array([0, 1], np.int64), "si")
+        m.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [4, 3]))
+        data = m.SerializeToString()
+    elif kind == "missing_attribute":  # MaxPool without its required kernel_shape
+        m.graph.node.insert(0, helper.make_node("MaxPool", ["x"], ["mp"], name="mp"))
+        m.graph.node[1].input[0] = "mp"
+        data = m.SerializeToString()
     else:  # a reshape that is neither a flatten nor a shuffle
         shape = numpy_helper.from_array(np.array([1, 3, 4, 16], np.int64), "shape")
         m.graph.initializer.append(shape)
@@ -211,3 +256,25 @@ def test_unreadable_files_are_refused_with_a_reason(kind: str, needle: str) -> N
         data = m.SerializeToString()
     with pytest.raises(OnnxImportError, match=needle):
         import_onnx(data)
+
+
+def test_non_finite_outputs_fail_the_onnx_runtime_check() -> None:
+    m = _classifier()
+    nan = numpy_helper.from_array(np.full((4, 3), np.nan, np.float32), "w")
+    m.graph.initializer[0].CopyFrom(nan)
+    data = m.SerializeToString()
+    with pytest.raises(OnnxImportError, match="not finite"):
+        check_against_onnxruntime(data, import_onnx(data))
+
+
+def test_a_fixed_batch_file_imports_for_any_batch_and_keeps_the_global_rng() -> None:
+    """Exported at batch 1, the shuffles' reshape targets say 1; the network takes any batch."""
+    data = export(torchvision_net("shufflenet_v2_x0_5"), "eval", batch=1)
+    torch.manual_seed(5)
+    want = torch.rand(3)
+    torch.manual_seed(5)
+    teacher = import_onnx(data)
+    assert torch.equal(torch.rand(3), want)  # importing did not draw from the global RNG
+    assert teacher.batch == 1 and check_against_onnxruntime(data, teacher) <= 1e-4
+    with torch.no_grad():
+        assert teacher.model(torch.rand(5, 3, 32, 32)).shape == (5, 10)

@@ -76,6 +76,11 @@ def create_job(
                     f"dataset {dataset!r} has {n} classes, teacher {teacher.id} has "
                     f"{teacher.num_classes}"
                 )
+            if tuple(_shape) != tuple(teacher.input_shape):
+                raise _unprocessable(
+                    f"dataset {dataset!r} has {tuple(_shape)} images, teacher {teacher.id} takes "
+                    f"{tuple(teacher.input_shape)}"
+                )
         if body.embedding_from is not None:
             if body.strategy != "esnac":
                 raise _unprocessable("embedding_from needs strategy 'esnac'")

@@ -1,0 +1,477 @@
+"""Do our students beat what a user would do instead? ESNAC against the alternatives at equal size.
+
+With the strong CIFAR-10 teacher (`benchmarks/data/teachers/cifar10_resnet20.*`, 87.56 %), at one
+compression target -- the parameter count of ESNAC's best student -- six students get the *same*
+final training (knowledge distillation from the teacher on the 45k training images: the product's
+`workers.train.distill`, MSE on logits, Adam 1e-3, augmentation, the best validation epoch kept)
+and are evaluated on the 5k validation split:
+
+    esnac          the best student of an ESNAC search run through the service (REST, Ray workers)
+    random         the same with `strategy: random` and the same budget
+    uniform        every channel group shrunk by one ratio, nothing removed (params matched +-5 %)
+    torch_pruning  the teacher's channels pruned by L2 magnitude with Torch-Pruning (+-5 %)
+    compact        a narrow MobileNetV2 from the zoo (width chosen to match), fresh weights
+    scratch        ESNAC's architecture with fresh weights (the "rethinking pruning" control)
+
+Stages, one command each; every stage is cached under `benchmarks/cache/compare/<setup>/` and
+resumes where it stopped (a search's job lives in its server's database; each finished training
+is a file):
+
+    python benchmarks/compare.py search --strategy esnac --strategy random   # side by side
+    python benchmarks/compare.py train                        # all methods x seeds (hours)
+    python benchmarks/compare.py train --method uniform --seed 1
+    python benchmarks/compare.py report                       # results, plot, students' manifest
+    python benchmarks/compare.py all --setup quick            # everything on digits in ~2 minutes
+
+`--setup quick` runs the same code on scikit-learn's `digits` with tiny budgets (the CI test of
+the plumbing); its outputs stay in the cache. The full setup writes
+`benchmarks/results/compare.json`, `benchmarks/results/compare.png` and the students (ONNX with the
+normalisation folded in, so raw 0..1 images go in, plus safetensors) with
+`benchmarks/data/students/manifest.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+METHODS = ("esnac", "random", "uniform", "torch_pruning", "compact", "scratch")
+CIFAR_NPZ = ROOT.parent.parent / "shared" / "data" / "cifar10" / "train.npz"
+STRONG_TEACHER = ROOT / "data" / "teachers" / "cifar10_resnet20.safetensors"
+TOLERANCE = 0.05  # matched parameter counts: within +-5 % of the target
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One comparison's settings (everything that changes a result is here)."""
+
+    name: str
+    dataset: str
+    teacher: str | None  # a teacher's safetensors (with a .json card); None: train one (quick)
+    evaluations: int
+    per_step: int
+    search: dict[str, Any]
+    final: dict[str, Any]
+    seeds: tuple[int, ...]
+    workers: int
+    compact_arch: str = "mobilenetv2"
+    outputs: bool = False  # write results/, data/students/ (the full setup only)
+    cache: Path = field(default=ROOT / "cache" / "compare")
+
+    @property
+    def dir(self) -> Path:
+        """Scratch space (servers' databases): not committed."""
+        return self.cache / self.name
+
+    @property
+    def final_dir(self) -> Path:
+        """Finished trainings (json + onnx + safetensors); the full setup's are committed."""
+        return ROOT / "data" / "students" if self.outputs else self.dir / "final"
+
+    def search_file(self, strategy: str) -> Path:
+        """A search's state and, once done, its best student; the full setup's is committed."""
+        if self.outputs:
+            return ROOT / "results" / f"compare_search_{strategy}.json"
+        return self.dir / f"search_{strategy}.json"
+
+
+def setups() -> dict[str, Setup]:
+    full = Setup(
+        name="cifar10",
+        dataset=f"npz:{CIFAR_NPZ}?val=0.1",  # the fixed 45k / 5k split
+        teacher=str(STRONG_TEACHER),
+        evaluations=64,
+        per_step=8,
+        # the pool study's search-time training: KD on 5,000 images x 2 epochs
+        search={"epochs": 2, "max_train_samples": 5000, "batch_size": 128, "augment": False,
+                "cache_teacher_logits": True},  # fmt: skip
+        final={"epochs": 10, "batch_size": 128, "lr": 1e-3, "augment": True},
+        seeds=(0, 1),
+        workers=2,
+        outputs=True,
+    )
+    quick = Setup(
+        name="quick",
+        dataset="digits",
+        teacher=None,
+        evaluations=2,
+        per_step=1,
+        search={"epochs": 1, "max_train_samples": 64, "batch_size": 64},
+        final={"epochs": 1, "batch_size": 64, "lr": 1e-3, "augment": True,
+               "max_train_samples": 256},  # fmt: skip
+        seeds=(0,),
+        workers=1,
+    )
+    return {"cifar10": full, "quick": quick}
+
+
+def _write_json(data: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _load() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+# ----------------------------------------------------------------------------------- teacher
+def teacher(setup: Setup) -> tuple[bytes, float]:
+    """The teacher's safetensors and validation accuracy (quick: a resnet20 trained for a few
+    seconds on digits, cached)."""
+    if setup.teacher is not None:
+        path = Path(setup.teacher)
+        card = json.loads(path.with_suffix(".json").read_text())
+        return path.read_bytes(), float(card["accuracy"])
+    path = setup.dir / "teacher.safetensors"
+    if not path.exists():
+        from workers.spec import TeacherTraining
+        from workers.train import train_teacher
+
+        res = train_teacher(
+            "resnet20", 10, setup.dataset,
+            TeacherTraining(epochs=2, batch_size=64, max_train_samples=512), device="cpu",
+        )  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(res.weights)
+        _write_json({"accuracy": res.accuracy}, path.with_suffix(".json"))
+    return path.read_bytes(), float(json.loads(path.with_suffix(".json").read_text())["accuracy"])
+
+
+def teacher_net(setup: Setup) -> torch.nn.Module:
+    from workers import zoo
+
+    return zoo.load_teacher("resnet20", 10, teacher(setup)[0])
+
+
+# ------------------------------------------------------------------------------------ search
+def search(setup: Setup, strategies: list[str]) -> dict[str, dict[str, Any]]:
+    """Run (or resume, or read) searches through one server, side by side; returns each one's
+    state with its best student."""
+    from service.cli.client import Client
+    from service.devserver import local_server
+
+    states = {s: _read_json(setup.search_file(s)) or {} for s in strategies}
+    todo = [s for s in strategies if "best" not in states[s]]
+    if not todo:
+        return states
+    weights, accuracy = teacher(setup)
+    env = {"ESNAC_WORKERS": str(setup.workers), "ESNAC_THREADS_PER_TRIAL": "1",
+           "ESNAC_CPUS_PER_TRIAL": "1", "ESNAC_RAY_NUM_CPUS": str(setup.workers),
+           "ESNAC_DATA_ALLOW_ANY_PATH": "1"}  # fmt: skip
+    if os.environ.get("ESNAC_RAY_ADDRESS"):  # join a running Ray (the tests') instead
+        env["ESNAC_RAY_ADDRESS"] = os.environ["ESNAC_RAY_ADDRESS"]
+    t0 = time.time()
+    poll = 10.0 if setup.outputs else 0.5
+    with (
+        local_server(setup.dir / "server", env=env) as server,
+        Client(server.url, server.token) as client,
+    ):
+        known = {j["id"] for j in client.get("/v1/jobs", limit=200)["items"]}
+        for strategy in todo:
+            state = states[strategy]
+            if "job" in state and state["job"] not in known:
+                state.clear()  # a new machine: the scratch database is gone; search again
+            if "job" in state:
+                continue  # the server resumes a job it was running when it stopped
+            t = client.post(
+                "/v1/teachers",
+                data={"arch": "resnet20", "num_classes": "10", "dataset": setup.dataset,
+                      "accuracy": str(accuracy)},
+                files={"weights": ("teacher.safetensors", weights)},
+            )  # fmt: skip
+            job = client.post("/v1/jobs", json={
+                "teacher_id": t["id"], "strategy": strategy, "dataset": setup.dataset,
+                "steps": setup.evaluations // setup.per_step, "per_step": setup.per_step,
+                "search": setup.search, "top_k": 0, "seed": 0,
+            })  # fmt: skip
+            state.update({"job": job["id"], "teacher": t["id"], "started": time.time()})
+            _write_json(state, setup.search_file(strategy))
+        for strategy in todo:
+            state = states[strategy]
+            while True:
+                job = client.get(f"/v1/jobs/{state['job']}")
+                if job["status"] in ("succeeded", "failed", "cancelled"):
+                    break
+                if setup.outputs:
+                    print(f"{strategy}: {job['status']} {job.get('progress')}", flush=True)
+                time.sleep(poll)
+            if job["status"] != "succeeded":
+                raise SystemExit(f"the {strategy} search ended {job['status']}: {job.get('error')}")
+            trials = client.trials(state["job"])
+            done = [t for t in trials if t["status"] == "succeeded" and t.get("reward") is not None]
+            best = max(done, key=lambda t: (t["reward"], -t["number"]))
+            state.update({
+                "best": {k: best[k] for k in ("id", "number", "action", "params", "flops",
+                                              "accuracy", "reward")},
+                "evaluations": len(done),
+                "trials": [{k: t.get(k) for k in ("number", "params", "accuracy", "reward")}
+                           for t in done],
+                "teacher_accuracy": accuracy,
+                "seconds_this_run": time.time() - t0,
+                "load_average": _load(),
+            })  # fmt: skip
+            _write_json(state, setup.search_file(strategy))
+    return states
+
+
+# ---------------------------------------------------------------------------------- students
+def _target(setup: Setup) -> dict[str, Any]:
+    found = _read_json(setup.search_file("esnac"))
+    if not found or "best" not in found:
+        raise SystemExit("run the ESNAC search first: compare.py search --strategy esnac")
+    return found["best"]  # type: ignore[no-any-return]
+
+
+def _uniform(space: Any, target: int, inherit: bool) -> torch.nn.Module:
+    """Every shrinkable group shrunk by one ratio, chosen by bisection to match `target`."""
+    from embedding import Action
+
+    n = len(space.shrinkable)
+
+    def action(r: float) -> Action:
+        return Action((), tuple(r for _ in range(n)), (), space.fingerprint)
+
+    lo, hi = 0.0, 0.999  # params fall as the ratio rises
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if space.num_params(action(mid)) > target:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda r: abs(space.num_params(action(r)) - target))
+    return space.materialize(action(best), inherit=inherit)
+
+
+def _torch_pruned(setup: Setup, target: int) -> torch.nn.Module:
+    """The teacher pruned by L2 magnitude (Torch-Pruning), one small step at a time, stopping at
+    the first step within the tolerance of `target` parameters."""
+    import torch_pruning as tp
+
+    model = teacher_net(setup)
+    example = torch.zeros(1, 3, 32, 32)
+    pruner = tp.pruner.BasePruner(
+        model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.95, iterative_steps=190, ignored_layers=[model.fc],
+    )  # fmt: skip
+    for _ in range(190):
+        if _params(model) <= target * (1 + TOLERANCE):
+            break
+        pruner.step()
+    return model
+
+
+def _params(model: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def build_student(setup: Setup, method: str) -> torch.nn.Module:
+    from embedding import Action, CompressionSpace
+    from workers import zoo
+
+    target = _target(setup)
+    space = CompressionSpace.for_teacher(teacher_net(setup))
+    if method in ("esnac", "scratch"):
+        return space.materialize(Action.from_json(target["action"]), inherit=method == "esnac")
+    if method == "random":
+        found = _read_json(setup.search_file("random"))
+        if not found or "best" not in found:
+            raise SystemExit("run the random search first: compare.py search --strategy random")
+        return space.materialize(Action.from_json(found["best"]["action"]))
+    if method == "uniform":
+        return _uniform(space, int(target["params"]), inherit=True)
+    if method == "torch_pruning":
+        return _torch_pruned(setup, int(target["params"]))
+    if method == "compact":
+        compact = CompressionSpace.for_teacher(zoo.build(setup.compact_arch, 10).eval())
+        return _uniform(compact, int(target["params"]), inherit=False)
+    raise SystemExit(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+
+
+# ------------------------------------------------------------------------------------- train
+def train(setup: Setup, method: str, seed: int) -> dict[str, Any]:
+    """The final training of one student (cached): KD from the teacher, evaluation, export."""
+    from embedding.reward import model_flops, reward
+    from workers.data import load_dataset
+    from workers.export import state_to_safetensors, to_onnx
+    from workers.latency import measure_latency
+    from workers.spec import SearchTraining
+    from workers.train import distill, seed_everything
+
+    out = setup.final_dir / f"{method}_s{seed}"
+    done = _read_json(out.with_suffix(".json"))
+    if done is not None:
+        return done  # type: ignore[no-any-return]
+    seed_everything(seed)
+    student = build_student(setup, method)
+    t_net = teacher_net(setup)
+    _, t_acc = teacher(setup)
+    splits = load_dataset(setup.dataset, None, False, seed=0)
+    settings = dict(setup.final)
+    settings.setdefault("max_train_samples", None)
+    t0 = time.perf_counter()
+    load0 = _load()
+    res = distill(student, t_net, splits, SearchTraining(**settings), seed=seed, device="cpu")
+    student.eval()
+    params, t_params = _params(student), _params(t_net)
+    mean, std = splits.train.mean.tolist(), splits.train.std.tolist()
+    onnx = to_onnx(student, splits.input_shape, normalize=(mean, std))
+    latency = measure_latency(student, splits.input_shape)  # ONNX Runtime, 1 thread, batch 1
+    result = {
+        "method": method, "seed": seed, "accuracy": res.best_accuracy, "history": res.history,
+        "best_epoch": res.best_epoch, "params": params, "flops": model_flops(student),
+        "teacher_params": t_params, "teacher_accuracy": t_acc,
+        "reward": reward(res.best_accuracy, t_acc, params, t_params),
+        "latency_ms": latency.median_ms, "latency_p10_ms": latency.p10_ms,
+        "latency_p90_ms": latency.p90_ms, "seconds": time.perf_counter() - t0,
+        "load_average": [load0, _load()], "normalization": {"mean": mean, "std": std},
+        "input_shape": list(splits.input_shape), "training": settings,
+    }  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".onnx").write_bytes(onnx)
+    out.with_suffix(".safetensors").write_bytes(state_to_safetensors(student))
+    _write_json(result, out.with_suffix(".json"))  # last: its presence means "done"
+    print(f"{method} seed {seed}: accuracy {res.best_accuracy:.4f}, {params:,} params, "
+          f"{result['seconds']:.0f} s", flush=True)  # fmt: skip
+    return result
+
+
+# ------------------------------------------------------------------------------------ report
+def report(setup: Setup) -> dict[str, Any]:
+    """Aggregate the finished trainings: per method, the accuracy's mean and spread over seeds."""
+    runs = [_read_json(p) for p in sorted(setup.final_dir.glob("*_s*.json"))]
+    methods: dict[str, Any] = {}
+    for m in METHODS:
+        mine = [r for r in runs if r["method"] == m]
+        if not mine:
+            continue
+        accs = [r["accuracy"] for r in mine]
+        methods[m] = {
+            "seeds": [r["seed"] for r in mine],
+            "accuracy_mean": statistics.fmean(accs),
+            "accuracy_spread": (max(accs) - min(accs)) if len(accs) > 1 else None,
+            "accuracy": accs,
+            "params": mine[0]["params"],
+            "size_matched": None,
+            "flops": mine[0]["flops"],
+            "reward_mean": statistics.fmean(r["reward"] for r in mine),
+            "latency_ms": statistics.median(r["latency_ms"] for r in mine),
+            "train_seconds": statistics.fmean(r["seconds"] for r in mine),
+        }
+    searches = {s: _read_json(setup.search_file(s)) for s in ("esnac", "random")}
+    if searches["esnac"]:
+        target = searches["esnac"]["best"]["params"]
+        for r in methods.values():  # within the tolerance of ESNAC's best student's size
+            r["size_matched"] = abs(r["params"] - target) <= TOLERANCE * target
+    summary = {
+        "setup": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(setup).items()},
+        "target_params": (_target(setup)["params"] if searches["esnac"] else None),
+        "searches": {s: {k: v for k, v in (d or {}).items() if k != "trials"}
+                     for s, d in searches.items()},  # fmt: skip
+        "methods": methods,
+        "missing": [f"{m}_s{s}" for m in METHODS for s in setup.seeds
+                    if not (setup.final_dir / f"{m}_s{s}.json").exists()],  # fmt: skip
+        "load_average_now": _load(),
+        "torch_threads": torch.get_num_threads(),
+    }
+    _write_json(summary, setup.dir / "compare.json")
+    if setup.outputs:
+        _write_json(summary, ROOT / "results" / "compare.json")
+        _students(setup, runs)
+        _plot(summary, ROOT / "results" / "compare.png")
+    for m, r in methods.items():
+        spread = "" if r["accuracy_spread"] is None else f" +- {100 * r['accuracy_spread'] / 2:.2f}"
+        print(f"{m:14s} {r['params']:>9,} params  {100 * r['accuracy_mean']:.2f}%{spread}  "
+              f"f(x) {r['reward_mean']:.4f}  {r['latency_ms']:.3f} ms")  # fmt: skip
+    return summary
+
+
+def _students(setup: Setup, runs: list[dict[str, Any]]) -> None:
+    """List every final student (in `benchmarks/data/students/`) in its manifest."""
+    manifest = []
+    for r in runs:
+        stem = f"{r['method']}_s{r['seed']}"
+        manifest.append({
+            "method": r["method"], "seed": r["seed"], "onnx": f"{stem}.onnx",
+            "safetensors": f"{stem}.safetensors", "params": r["params"], "flops": r["flops"],
+            "validation_accuracy": r["accuracy"], "normalization": r["normalization"],
+            "normalization_folded_into_onnx": True, "input_shape": r["input_shape"],
+            "input_range": [0.0, 1.0],
+        })  # fmt: skip
+    _write_json({"dataset": setup.dataset, "students": manifest},
+                setup.final_dir / "manifest.json")  # fmt: skip
+
+
+def _plot(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, r in summary["methods"].items():
+        ax.scatter([r["params"]] * len(r["accuracy"]), [100 * a for a in r["accuracy"]], label=m)
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.set_title("students at equal size, same KD training")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# -------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setup", choices=sorted(setups()), default="cifar10")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of this process")
+    parser.add_argument("--cache", type=Path, default=None, help="cache root (default: "
+                        "benchmarks/cache/compare)")  # fmt: skip
+    sub = parser.add_subparsers(dest="stage", required=True)
+    p = sub.add_parser("search", help="run or resume searches through the service")
+    p.add_argument("--strategy", choices=("esnac", "random"), action="append", required=True)
+    p = sub.add_parser("train", help="the final training of the students (cached)")
+    p.add_argument("--method", choices=METHODS, action="append")
+    p.add_argument("--seed", type=int, action="append")
+    sub.add_parser("report", help="aggregate the finished trainings")
+    sub.add_parser("all", help="every stage in order")
+    args = parser.parse_args(argv)
+    setup = setups()[args.setup]
+    if args.cache is not None:
+        setup = replace(setup, cache=args.cache)
+    torch.set_num_threads(args.threads)
+    if args.stage in ("search", "all"):
+        strategies = args.strategy if args.stage == "search" else ["esnac", "random"]
+        for strategy, state in search(setup, strategies).items():
+            best = state["best"]
+            print(f"{strategy}: best trial {best['number']}, {best['params']:,} params, "
+                  f"accuracy {best['accuracy']:.4f}, reward {best['reward']:.4f}")  # fmt: skip
+    if args.stage in ("train", "all"):
+        methods = getattr(args, "method", None) or list(METHODS)
+        seeds = getattr(args, "seed", None) or list(setup.seeds)
+        for seed in seeds:
+            for method in methods:
+                train(setup, method, seed)
+    if args.stage in ("report", "all"):
+        report(setup)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""`benchmarks/compare.py`'s plumbing on `digits` with tiny budgets: both searches through the
+service, all six students built at the matched size and trained, the report. (The real runs are
+benchmarks: see the README, "Results: against the alternatives".)"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _compare():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("compare", ROOT / "benchmarks" / "compare.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["compare"] = module  # dataclasses look their module up while it loads
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_compare_runs_every_stage_on_digits(
+    tmp_path: Path, ray_session: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ESNAC_RAY_ADDRESS", ray_session)
+    compare = _compare()
+    compare.main(["--setup", "quick", "--threads", "1", "--cache", str(tmp_path), "all"])
+    summary = json.loads((tmp_path / "quick" / "compare.json").read_text())
+    assert summary["missing"] == []
+    methods = summary["methods"]
+    assert set(methods) == set(compare.METHODS)
+    target = summary["target_params"]
+    assert methods["esnac"]["params"] == methods["scratch"]["params"] == target
+    for m in ("uniform", "torch_pruning"):  # matched to the target's size
+        assert methods[m]["size_matched"], (m, methods[m]["params"], target)
+    # the compact family's closest width (tiny targets may be below what it can match)
+    assert abs(methods["compact"]["params"] - target) <= 0.25 * target
+    for m, r in methods.items():
+        assert 0.0 <= r["accuracy_mean"] <= 1.0 and r["latency_ms"] > 0, m
+    assert summary["searches"]["esnac"]["evaluations"] == 2
+    # cached: a second run trains nothing again and reports the same
+    again = compare.report(compare.replace(compare.setups()["quick"], cache=tmp_path))
+    assert again["methods"] == methods
