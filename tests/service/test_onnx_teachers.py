@@ -4,7 +4,6 @@ read (storing nothing), and -- with workers -- search one to a deployable studen
 from __future__ import annotations
 
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,15 +125,6 @@ def test_unreadable_onnx_files_are_refused_and_store_nothing(
                     json={"arch": "onnx", "num_classes": 10, "dataset": "digits"})  # fmt: skip
     assert r.status_code == 422 and "ONNX file" in r.text
     assert _stored(settings) == (0, [])
-
-
-def _wait(client, path: str, done, timeout: float = 300.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
-        item = client.get(path)
-        if done(item) or time.monotonic() > deadline:
-            return item
-        time.sleep(0.5)
 
 
 @pytest.mark.slow
