@@ -4,7 +4,10 @@ re-sized by `WorkerPool.autoscale` as nodes join and leave).
 
 All jobs share the slots (first come, first served), so the cluster's workers are never
 over-subscribed. A slot whose actor died, or was interrupted mid-task, gets a fresh actor;
-`WorkerPool.run_with_retries` is the one place that retries a remote call on a fresh actor.
+`WorkerPool.run_with_retries` is the one place that retries a remote call on a fresh actor. An
+attempt lost with its node (the node left the cluster, or the pool shrank under it) is recorded
+as `node_lost` and does not count toward `ESNAC_MAX_ATTEMPTS` (at most `ESNAC_MAX_NODE_LOSSES`
+of them per call): it is the cluster's fault, not the trial's.
 
 `WorkerPool.supervise` awaits a running call while polling its actor's `progress()` (the
 heartbeat): an actor silent for `ESNAC_HEARTBEAT_TIMEOUT` seconds (frozen, deadlocked) or past
@@ -81,6 +84,8 @@ class Slot:
     retired: bool = False
     #: its actor answered once (it was placed on a node); a fresh one may wait for resources
     placed: bool = False
+    #: the Ray node its actor runs on (hex id), once placed
+    node: str | None = None
 
 
 class WorkerPool:
@@ -223,7 +228,9 @@ class WorkerPool:
             Exception: whatever `call` raised other than a lost attempt (a worker error).
         """
         last: BaseException | None = None
-        for attempt in range(1, attempts + 1):
+        attempt = counted = node_losses = 0
+        while counted < attempts:
+            attempt += 1
             # The caller's slot, unless the pool shrank under it (a node left): then another one
             if slot is None or slot.retired:
                 held, mine = await self.acquire(), True
@@ -233,20 +240,50 @@ class WorkerPool:
                 return await call(held)
             except (ray.exceptions.RayActorError, AttemptLostError) as e:
                 log.warning("attempt %d %s lost: %s", attempt, what, e)
+                lost: BaseException = e
+                why = await self._lost_with_node(held, e)
+                if why is not None and node_losses < self.settings.max_node_losses:
+                    node_losses += 1
+                    lost = AttemptLostError(
+                        "node_lost", f"{why}; this attempt does not count toward "
+                        f"ESNAC_MAX_ATTEMPTS ({node_losses} of ESNAC_MAX_NODE_LOSSES="
+                        f"{self.settings.max_node_losses})",
+                    )  # fmt: skip
+                else:
+                    counted += 1
                 if held.retired:
                     self._kill(held)  # no fresh actor for a slot the pool no longer has
                 else:
                     self.replace(held)
-                last = e
+                last = lost
                 if on_lost is not None:
-                    await on_lost(e)
+                    await on_lost(lost)
             except asyncio.CancelledError:
                 held.dirty = True
                 raise
             finally:
                 if mine:
                     self.release(held)
-        raise WorkersDiedError(what, attempts, last)
+        raise WorkersDiedError(what, attempt, last)
+
+    async def _lost_with_node(self, slot: Slot, error: BaseException) -> str | None:
+        """Why a lost attempt is the cluster's fault -- its node left, or the pool shrank under
+        the slot because one did -- or None (the worker itself died, stalled or timed out)."""
+        if slot.retired:
+            return f"the cluster shrank under worker {slot.name or '?'} (a node left)"
+        if "its node has died" in str(error):  # Ray's own words for an actor lost with its node
+            return f"worker {slot.name or '?'}'s node left the cluster"
+        node = slot.node
+        if node is None:
+            return None
+        try:
+            nodes = await asyncio.to_thread(ray.nodes)
+        except Exception as e:  # noqa: BLE001 - the GCS may be unreachable: count the attempt
+            log.warning("could not read the cluster's nodes: %s", e)
+            return None
+        if any(n.get("NodeID") == node and n.get("Alive") for n in nodes):
+            return None
+        return f"worker {slot.name or '?'}'s node {node[:12]} left the cluster"
 
     async def supervise(
         self,
@@ -321,7 +358,20 @@ class WorkerPool:
     def usage(self) -> dict[str, Any]:
         """What `/readyz` shows: the mode, the slots and how many run a task now."""
         return {"mode": "auto" if self.auto else "fixed", "workers": self.size,
-                "busy": max(0, self.size - self.free)}  # fmt: skip
+                "busy": max(0, self.size - self.free), "waiting": self.waiting()}  # fmt: skip
+
+    def waiting(self) -> str | None:
+        """Why no trial can start, when the pool has no workers (every node able to run one
+        left the cluster): jobs wait instead of failing, and go on when capacity returns."""
+        if self.size > 0:
+            return None
+        s = self.settings
+        need = f"{s.gpus_per_trial:g} GPU" if s.gpus_per_trial > 0 else f"{s.cpus_per_trial:g} CPU"
+        return (
+            f"no trial workers: the Ray cluster's nodes hold too little for a trial ({need} "
+            "each, ESNAC_GPUS_PER_TRIAL / ESNAC_CPUS_PER_TRIAL); jobs wait and continue when a "
+            "node joins"
+        )
 
     def shutdown(self) -> None:
         """Kill every actor (their running tasks are abandoned)."""
@@ -329,11 +379,19 @@ class WorkerPool:
             self._kill(slot)
 
     # ------------------------------------------------------------------------- jobs
-    async def prepare(self, slot: Slot, ctx: dict[str, Any], teacher_ref: Any) -> str:
-        """Make sure the slot's actor has the job's teacher and data cached; returns its name."""
+    async def prepare(
+        self, slot: Slot, ctx: dict[str, Any], teacher_ref: Any, data_ref: Any = None
+    ) -> str:
+        """Make sure the slot's actor has the job's teacher and data cached; returns its name.
+
+        `data_ref`: the job's dataset shipped through the object store (`workers.shipping`),
+        or None (the worker reads its host's copy)."""
         key = ctx["job_key"]
+        if slot.node is None:
+            slot.node = await slot.actor.node_id.remote()
+            slot.placed = True
         if key not in slot.prepared:
-            slot.name = await slot.actor.prepare.remote(ctx, teacher_ref)
+            slot.name = await slot.actor.prepare.remote(ctx, teacher_ref, data_ref)
             slot.prepared.add(key)
         elif slot.name is None:
             slot.name = await slot.actor.name.remote()
@@ -365,7 +423,7 @@ class WorkerPool:
                 ray.kill(slot.actor, no_restart=True)
             except Exception as e:  # noqa: BLE001 - an already dead actor is fine
                 log.debug("kill of slot %d: %s", slot.index, e)
-        slot.actor, slot.name, slot.dirty, slot.placed = None, None, False, False
+        slot.actor, slot.name, slot.dirty, slot.placed, slot.node = None, None, False, False, None
         slot.prepared.clear()
 
 

@@ -48,6 +48,7 @@ from service.db import (
 from service.db.storage import utcnow
 from service.pool import Slot, WorkersDiedError, error_of
 from service.searchers import build_space, canonical_order, encoder_bytes, make_searcher
+from workers import shipping
 from workers.spec import FullTraining, SearchTraining, TrialSpec
 
 if TYPE_CHECKING:
@@ -108,6 +109,7 @@ class JobRunner:
         self.ctx: dict[str, Any] = {}
         self.numbers: dict[str, int] = {}  # action key -> trial number
         self.teacher_ref: Any = None
+        self.data_ref: Any = None
 
     async def run(self) -> None:
         try:
@@ -181,6 +183,14 @@ class JobRunner:
             "max_layers": 0,
         }
         self.teacher_ref = ray.put(weights)
+        # the dataset travels with the job to hosts that lack the coordinator's disk
+        payload = await asyncio.to_thread(
+            shipping.pack, job.dataset, s.settings.data_dir, s.settings.data_ship_max_mb
+        )
+        if payload is not None:
+            log.info("job %d: shipping dataset %s (%.1f MiB) to its workers", job.id,
+                     job.dataset, payload["bytes"] / shipping.MIB)  # fmt: skip
+        self.data_ref = ray.put(payload) if payload is not None else None
         self.training = SearchTraining.from_dict(job.search)
         if job.status is JobState.RUNNING:
             await self._search(trials)
@@ -353,7 +363,8 @@ class JobRunner:
                 await s.best_effort(self._progress, trial.id, number, report)
 
             worker = await s.pool.supervise(
-                held, s.pool.prepare(held, self.ctx, self.teacher_ref), on_progress=beat
+                held, s.pool.prepare(held, self.ctx, self.teacher_ref, self.data_ref),
+                on_progress=beat,
             )
             current = await s.db(
                 self._update, trial.id, TrialState.RUNNING,
@@ -366,8 +377,10 @@ class JobRunner:
             code, message = error_of(error)
             await s.db(self._lost, trial.id, current.attempts, code, message)
 
-        # attempts already made (before a restart) count against ESNAC_MAX_ATTEMPTS
-        left = s.settings.max_attempts - trial.attempts
+        # attempts already made (before a restart) count against ESNAC_MAX_ATTEMPTS, except
+        # those lost with their node
+        node_lost = sum(1 for e in trial.lost_attempts if e.get("code") == "node_lost")
+        left = s.settings.max_attempts - (trial.attempts - node_lost)
         result: dict[str, Any] | None = None
         code: str | None = None
         message: str | None = None
@@ -517,7 +530,9 @@ class JobRunner:
         seed = trial_seed(job.seed, trial.number)
 
         async def call(slot: Slot) -> dict[str, Any]:
-            await s.pool.supervise(slot, s.pool.prepare(slot, self.ctx, self.teacher_ref))
+            await s.pool.supervise(
+                slot, s.pool.prepare(slot, self.ctx, self.teacher_ref, self.data_ref)
+            )
             ref = slot.actor.finetune.remote(self.job_key, trial.action, start, training, seed)
             return await s.pool.supervise(slot, ref)  # type: ignore[no-any-return]
 

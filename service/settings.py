@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     #: Accept `npz:`/`folder:` paths anywhere the server can read (default: only under
     #: `data_dir`; absolute paths, `..` and symlinks out of it are refused with a 422).
     data_allow_any_path: bool = False
+    #: A job's `npz:`/`folder:` dataset of at most this many MiB is shipped to its workers through
+    #: Ray's object store (for hosts without the coordinator's disk); larger ones are read from
+    #: each worker host's own ESNAC_DATA_DIR. 0 turns shipping off.
+    data_ship_max_mb: float = Field(default=2048.0, ge=0)
     #: Largest accepted weights upload, in MiB (larger -> 413).
     max_upload_mb: int = Field(default=512, ge=1)
     #: Seconds a teacher's checks (build, strict weight load, accuracy pass) may take at upload.
@@ -50,6 +54,9 @@ class Settings(BaseSettings):
     threads_per_trial: int | None = Field(default=None, ge=1)
     #: A trial whose worker dies is retried on a fresh worker up to this many attempts in all.
     max_attempts: int = Field(default=3, ge=1)
+    #: Attempts lost with their node (it left the cluster, or the pool shrank under them) do
+    #: not count toward max_attempts; a call gives up after this many of them.
+    max_node_losses: int = Field(default=10, ge=0)
     #: Seconds without a heartbeat (a training batch, an epoch, or an answer to the progress
     #: poll) after which a running attempt is `stalled`: its actor is killed and it is retried.
     heartbeat_timeout: float = Field(default=600.0, gt=0)

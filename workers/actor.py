@@ -26,7 +26,7 @@ from typing import Any
 import ray
 import torch
 
-from workers import zoo
+from workers import shipping, zoo
 from workers.progress import Progress
 from workers.spec import BadSpecError, FullTraining, TeacherTraining
 from workers.teacher_check import measure_accuracy
@@ -75,19 +75,31 @@ class TrialWorker:
         """`host:pid` of the worker process."""
         return worker_name()
 
-    def prepare(self, ctx: dict[str, Any], teacher_weights: bytes | None = None) -> str:
+    def node_id(self) -> str:
+        """The Ray node this worker runs on (hex id)."""
+        return str(ray.get_runtime_context().get_node_id())
+
+    def prepare(
+        self,
+        ctx: dict[str, Any],
+        teacher_weights: bytes | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> str:
         """Cache a job's teacher and data (idempotent per `job_key`).
 
         Args:
             ctx: `dataclasses.asdict(JobContext)`, `teacher_weights` may be left out.
             teacher_weights: the teacher's safetensors bytes (pass the ObjectRef from `ray.put`
                 here, as a top-level argument, so Ray resolves it once per worker).
+            data: the job's dataset shipped by the coordinator (`workers.shipping.pack`, also
+                an ObjectRef); None: read this host's own copy (under its `ESNAC_DATA_DIR`).
 
         Returns:
             The worker's name.
 
         Raises:
             BadSpecError: unknown fields, missing weights, or anything `prepare_job` refuses.
+            DatasetMissingError: nothing shipped and this host has no copy of the dataset.
         """
         with guard("prepare", wrap_all=True):
             if not isinstance(ctx, dict):
@@ -107,7 +119,13 @@ class TrialWorker:
                 job = JobContext(**fields)
             except TypeError as exc:
                 raise BadSpecError(f"malformed job context: {exc}") from exc
-            self._jobs[job.job_key] = prepare_job(job, device=self.device)
+            job = dataclasses.replace(job, data_dir=shipping.worker_data_dir(job.data_dir))
+            if data is not None:
+                splits = shipping.load_shipped(job.dataset, data)
+            else:
+                shipping.require_local(job.dataset, job.data_dir)
+                splits = None
+            self._jobs[job.job_key] = prepare_job(job, device=self.device, splits=splits)
         return self.name()
 
     def _job(self, job_key: str) -> PreparedJob:
@@ -183,12 +201,14 @@ class TrialWorker:
         progress = self._track("prepare")
         try:
             with guard("teacher training", wrap_all=True):
+                root = shipping.worker_data_dir(data_dir)
+                shipping.require_local(dataset, root)
                 res = train_teacher(
                     arch,
                     num_classes,
                     dataset,
                     TeacherTraining.from_dict(training),
-                    root=data_dir,
+                    root=root,
                     device=self.device,
                     progress=progress,
                 )
@@ -207,8 +227,10 @@ class TrialWorker:
         """Validation accuracy of teacher weights on the dataset's validation split (the
         measurement of an upload's checks, `workers.teacher_check`, on this worker's device)."""
         with guard("measure teacher", wrap_all=True):
+            root = shipping.worker_data_dir(data_dir)
+            shipping.require_local(dataset, root)
             model = zoo.load_teacher(arch, int(num_classes), weights)
-            return measure_accuracy(model, dataset, data_dir, self.device)
+            return measure_accuracy(model, dataset, root, self.device)
 
     def release(self, job_key: str) -> None:
         """Drop a job's cached teacher and data."""

@@ -18,7 +18,7 @@ from service.api.schemas import (
     TeacherPublic,
     TrialPublic,
 )
-from service.db import Job, Repository, Teacher, Trial
+from service.db import Job, JobState, Repository, Teacher, Trial
 
 __all__ = ["job_public", "teacher_public", "trial_public", "utc"]
 
@@ -73,7 +73,8 @@ def trial_public(t: Trial) -> TrialPublic:
     )  # fmt: skip
 
 
-def job_public(repo: Repository, j: Job) -> JobPublic:
+def job_public(repo: Repository, j: Job, waiting: str | None = None) -> JobPublic:
+    """`waiting`: why the scheduler cannot start trials now (shown for unfinished jobs)."""
     counts = repo.job_counts(j.id)
     best = repo.best_trial(j.id)
     return JobPublic(
@@ -85,6 +86,7 @@ def job_public(repo: Repository, j: Job) -> JobPublic:
         latency=LatencyIn(**j.latency) if j.latency is not None else None,
         seed=j.seed, embedding_from=j.embedding_from, searcher=EsnacOptions(**j.searcher),
         status=j.status.value, error=j.error,
+        waiting=waiting if j.status in (JobState.QUEUED, JobState.RUNNING) else None,
         progress=Progress(total=j.budget, **counts),
         best_trial=trial_public(best) if best is not None else None,
         has_encoder=j.encoder_id is not None, created_at=utc(j.created_at),

@@ -311,6 +311,9 @@ class JobPublic(BaseModel):
     searcher: EsnacOptions
     status: JobStatus
     error: str | None
+    #: why no trial can start now (e.g. every node that could run one left the Ray cluster):
+    #: the job waits and continues when capacity returns; None when nothing holds it up
+    waiting: str | None = None
     progress: Progress
     best_trial: TrialPublic | None
     has_encoder: bool

@@ -87,7 +87,7 @@
     try {
       const res = await fetch("readyz", { headers: { Accept: "application/json" } });
       const r = await res.json();
-      el.textContent = r.nodes ? `${r.nodes} node${r.nodes === "1" ? "" : "s"} · ${r.workers} workers` : "";
+      el.textContent = r.nodes ? `${r.nodes} node${r.nodes === "1" ? "" : "s"} · ${r.workers} workers${r.waiting ? " · waiting for capacity" : ""}` : "";
       el.title = Object.entries(r).map(([k, v]) => `${k}: ${v}`).join("\n");
     } catch (_) { el.textContent = ""; }
   }
@@ -297,6 +297,7 @@
         <div class="card-head"><h2>Job #${job.id} ${badge(job.status)}</h2>
           ${canCancel ? `<button id="cancel" class="danger">Cancel job</button>` : ""}</div>
         ${job.error ? `<div class="error block">${esc(job.error)}</div>` : ""}
+        ${job.waiting ? `<div class="waiting block">${esc(job.waiting)}</div>` : ""}
         <div class="summary">
           <div class="stat"><span class="label">teacher</span>
             <span class="value">${esc(teacher.arch)} <span class="muted">#${teacher.id}</span></span>

@@ -49,6 +49,8 @@ async def readyz(request: Request, storage: StorageDep, artifacts: ArtifactsDep)
             body["nodes"] = str(alive)
             usage = request.app.state.scheduler.pool.usage()
             body["workers"] = f"{usage['workers']} ({usage['mode']}), {usage['busy']} busy"
+            if usage.get("waiting"):
+                body["waiting"] = usage["waiting"]
         except Exception as e:  # noqa: BLE001 - reported to the caller
             ok, body["ray"] = False, f"{e.__class__.__name__}: {e}"
     return JSONResponse(body, status_code=200 if ok else 503)

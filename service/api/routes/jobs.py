@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
@@ -26,6 +26,9 @@ from service.db.storage import (
     encode_cursor,
     encode_job_cursor,
 )
+
+if TYPE_CHECKING:
+    from service.scheduler import Scheduler
 
 __all__ = ["router"]
 
@@ -108,9 +111,14 @@ def create_job(
     return out
 
 
+def _waiting(scheduler: Scheduler | None) -> str | None:
+    return scheduler.pool.waiting() if scheduler is not None else None
+
+
 @router.get("", response_model=JobPage)
 def list_jobs(
     repo: SessionDep,
+    scheduler: SchedulerDep,
     status_: Annotated[JobStatus | None, Query(alias="status")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: str | None = None,
@@ -124,14 +132,14 @@ def list_jobs(
     more = len(jobs) > limit
     jobs = jobs[:limit]
     return JobPage(
-        items=[job_public(repo, j) for j in jobs],
+        items=[job_public(repo, j, _waiting(scheduler)) for j in jobs],
         next_cursor=encode_job_cursor(jobs[-1].id) if more else None,
     )
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: int, repo: SessionDep) -> JobPublic:
-    return job_public(repo, repo.get_job(job_id))
+def get_job(job_id: int, repo: SessionDep, scheduler: SchedulerDep) -> JobPublic:
+    return job_public(repo, repo.get_job(job_id), _waiting(scheduler))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
