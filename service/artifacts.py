@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
 
 from service.db import Artifact, Repository
@@ -38,11 +39,14 @@ class ArtifactStore:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
 
-    def write(self, repo: Repository, kind: str, data: bytes) -> Artifact:
+    def write(
+        self, repo: Repository, kind: str, data: bytes, written: list[Path] | None = None
+    ) -> Artifact:
         """Store `data` and record it in `repo`'s transaction.
 
         The file is renamed into place before the row is added; if the transaction later rolls
-        back, the file is an orphan (never served: only recorded artifacts are reachable).
+        back, the file is an orphan (never served: only recorded artifacts are reachable) unless
+        the write was made inside `all_or_nothing` (pass its list as `written`).
         """
         if kind not in _SUFFIX:
             raise ValueError(f"unknown artifact kind {kind!r}; known: {sorted(_SUFFIX)}")
@@ -56,6 +60,8 @@ class ArtifactStore:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
+            if written is not None:
+                written.append(final)
         except OSError as e:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -64,6 +70,21 @@ class ArtifactStore:
             return repo.add_artifact(kind, name, len(data), hashlib.sha256(data).hexdigest())
         except Exception:
             final.unlink(missing_ok=True)
+            raise
+
+    @contextlib.contextmanager
+    def all_or_nothing(self) -> Iterator[list[Path]]:
+        """Files written inside the block (pass the yielded list to `write`) are removed when
+        the block fails -- put it around the database session, so that a transaction that rolls
+        back (or a commit that fails) leaves no orphan file behind when the result is retried.
+        """
+        written: list[Path] = []
+        try:
+            yield written
+        except BaseException:
+            for path in written:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
             raise
 
     def check_writable(self) -> None:

@@ -436,7 +436,7 @@ class JobRunner:
         s = self.s
 
         def store() -> bool:
-            with s.storage.session() as repo:
+            with s.artifacts.all_or_nothing() as written, s.storage.session() as repo:
                 try:
                     if result is None:
                         repo.update_trial(
@@ -446,7 +446,9 @@ class JobRunner:
                         return True
                     weights_id = None
                     if result.get("weights"):
-                        weights_id = s.artifacts.write(repo, "student", result["weights"]).id
+                        weights_id = s.artifacts.write(
+                            repo, "student", result["weights"], written
+                        ).id
                     repo.update_trial(
                         trial.id, TrialState.SUCCEEDED, expect_attempts=attempt,
                         params=int(result["params"]), flops=int(result["flops"]),
@@ -547,9 +549,15 @@ class JobRunner:
             return f"full training of trial {trial.id} failed ({code}): {message}"
 
         def store() -> None:
-            with s.storage.session() as repo:
-                w = s.artifacts.write(repo, "final", out["weights"])
-                onnx = s.artifacts.write(repo, "onnx", out["onnx"]) if out.get("onnx") else None
+            # both files or neither: a failed ONNX write (disk full) is retried without leaving
+            # the weights written before it behind
+            with s.artifacts.all_or_nothing() as written, s.storage.session() as repo:
+                w = s.artifacts.write(repo, "final", out["weights"], written)
+                onnx = (
+                    s.artifacts.write(repo, "onnx", out["onnx"], written)
+                    if out.get("onnx")
+                    else None
+                )
                 repo.record_final(
                     trial.id, accuracy=float(out["accuracy"]),
                     history=[float(x) for x in out.get("history", [])],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -127,4 +128,38 @@ def test_an_unwritable_artifact_directory_is_held_and_retried(tmp_path: Path) ->
         asyncio.run(retry_transient(
             lambda: asyncio.to_thread(store.check_writable), timeout=0.3, base_delay=0.05
         ))  # fmt: skip
+    storage.dispose()
+
+
+def test_a_result_of_two_files_leaves_no_orphan_when_the_second_fails(tmp_path: Path) -> None:
+    """A full training's weights are written, then its ONNX write fails (the directory became
+    unwritable): the transaction rolls back and the weights file goes with it, so the retry
+    that follows writes both anew and nothing unrecorded stays on disk."""
+    from service.artifacts import ArtifactDirUnavailableError, ArtifactStore
+    from service.db import Storage
+    from service.db.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    upgrade(url)
+    storage, store = Storage(url), ArtifactStore(tmp_path / "artifacts")
+    real_write = store.write
+
+    def failing_onnx(repo: Any, kind: str, data: bytes, written: Any = None) -> Any:
+        if kind == "onnx":
+            raise store._unavailable(OSError(28, "No space left on device"), "written")
+        return real_write(repo, kind, data, written)
+
+    store.write = failing_onnx  # type: ignore[method-assign]
+    with pytest.raises(ArtifactDirUnavailableError, match="No space left"):
+        with store.all_or_nothing() as written, storage.session() as repo:
+            store.write(repo, "final", b"weights", written)
+            store.write(repo, "onnx", b"onnx", written)
+    assert list((tmp_path / "artifacts").iterdir()) == []  # the weights file went too
+    store.write = real_write  # type: ignore[method-assign]
+    with store.all_or_nothing() as written, storage.session() as repo:
+        a = store.write(repo, "final", b"weights", written).id
+        b = store.write(repo, "onnx", b"onnx", written).id
+    with storage.session() as repo:
+        files = {store.path(repo.get_artifact(i)).name for i in (a, b)}
+    assert {p.name for p in (tmp_path / "artifacts").iterdir()} == files
     storage.dispose()
