@@ -38,6 +38,7 @@ _EXPORTS = {
     "model_flops": "embedding.reward",
     "reward": "embedding.reward",
     "EsnacSearcher": "embedding.search",
+    "N2NSearcher": "embedding.n2n",
     "RandomSearcher": "embedding.search",
     "Searcher": "embedding.search",
     "Action": "embedding.space",

@@ -52,11 +52,16 @@ def make_searcher(
     encoder_init: bytes | None = None,
     device: str | None = None,
 ) -> Searcher:
-    """The job's searcher: `RandomSearcher`, or `EsnacSearcher` with the job's stored options
+    """The job's searcher: `RandomSearcher`, `N2NSearcher` (one policy update per `per_step`
+    observations), or `EsnacSearcher` with the job's stored options
     (validated by `EsnacOptions`; options the job does not name take its defaults) fitting on
     `device` (None: the CPU)."""
     if job.strategy == "random":
         return RandomSearcher(space, seed=job.seed)
+    if job.strategy == "n2n":
+        from embedding.n2n import N2NSearcher
+
+        return N2NSearcher(space, seed=job.seed, batch=job.per_step)
     from embedding.search import EsnacSearcher
 
     opts = EsnacOptions.from_dict(job.searcher)

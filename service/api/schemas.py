@@ -171,7 +171,12 @@ class JobCreate(_In):
     dataset: str | None = Field(
         default=None, min_length=1, description="defaults to the teacher's dataset"
     )
-    strategy: Literal["esnac", "random"] = "esnac"
+    strategy: Literal["esnac", "random", "n2n"] = Field(
+        default="esnac",
+        description="esnac: Bayesian optimisation on the learned embedding (the paper); random: "
+        "the paper's sampling distributions; n2n: the reinforcement-learning baseline (N2N, "
+        "Ashok et al. 2018: two policy LSTMs trained by REINFORCE, one update per step)",
+    )
     steps: int = Field(default=20, ge=1, le=1000)
     per_step: int = Field(default=8, ge=1, le=256, description="candidates proposed per step")
     search: SearchTrainingIn = Field(default_factory=SearchTrainingIn)
@@ -298,7 +303,7 @@ class JobPublic(BaseModel):
     id: int
     teacher_id: int
     dataset: str
-    strategy: Literal["esnac", "random"]
+    strategy: Literal["esnac", "random", "n2n"]
     steps: int
     per_step: int
     search: SearchTrainingIn

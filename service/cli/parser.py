@@ -75,7 +75,7 @@ def _add_search_options(parser: argparse.ArgumentParser, demo: bool = False) -> 
 
     g = parser.add_argument_group("search")
     option("--strategy", "esnac", JobCreate, "strategy", "search strategy",
-           choices=("esnac", "random"))  # fmt: skip
+           choices=("esnac", "random", "n2n"))  # fmt: skip
     option("--steps", 3, JobCreate, "steps", "search steps", type=_positive_int)
     option("--per-step", 2, JobCreate, "per_step", "candidates proposed per step",
            type=_positive_int)  # fmt: skip

@@ -1,4 +1,5 @@
-"""Searcher contract (run against every searcher) and the ESNAC searcher's own guarantees."""
+"""Searcher contract (run against every searcher: random, ESNAC, N2N) and the ESNAC searcher's
+own guarantees (N2N's: `test_n2n.py`)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from embedding.encoder import NUMERIC_COLUMNS, transform_inputs
 from embedding.model import FitSettings
+from embedding.n2n import N2NSearcher
 from embedding.search import EsnacSearcher, RandomSearcher, Searcher, SearcherError
 from embedding.space import Action, CompressionSpace
 from tests.embedding.test_model import synthetic_objective
@@ -36,6 +38,8 @@ def space() -> CompressionSpace:
 def _make(kind: str, space: CompressionSpace, seed: int = 0) -> Searcher:
     if kind == "random":
         return RandomSearcher(space, seed=seed)
+    if kind == "n2n":
+        return N2NSearcher(space, seed=seed, batch=2)
     return EsnacSearcher(space, seed=seed, **SMALL)  # type: ignore[arg-type]
 
 
@@ -43,7 +47,7 @@ def _reward(space: CompressionSpace, action: Action) -> float:
     return synthetic_objective(space, action)
 
 
-@pytest.mark.parametrize("kind", ["random", "esnac"])
+@pytest.mark.parametrize("kind", ["random", "esnac", "n2n"])
 class TestSearcherContract:
     def test_suggest_returns_distinct_valid_pending_actions(
         self, kind: str, space: CompressionSpace

@@ -76,7 +76,9 @@ def test_space_matches_the_workers_max_layers(space) -> None:
     assert big.num_layers > 128 and big.max_layers == big.num_layers
 
 
-@pytest.mark.parametrize("strategy", ["random", pytest.param("esnac", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "strategy", ["random", "n2n", pytest.param("esnac", marks=pytest.mark.slow)]
+)
 def test_resumed_searcher_proposes_what_the_original_would(
     space, teacher_args, strategy: str
 ) -> None:
