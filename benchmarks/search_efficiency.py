@@ -222,6 +222,30 @@ def _best_so_far(rewards: list[float]) -> list[float]:
     return out
 
 
+#: The searchers a replay can compare: ESNAC variants (options over the product's defaults and
+#: `--kernels` / `--subset`), N2N and random search.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "esnac": {},  # the product's defaults
+    "esnac_paper": {"preset": "paper"},
+    "esnac_untrained": {"train_encoder": False},
+    "esnac_warm": {"warm_start": True},
+    "esnac_pretrain": {"pretrain": True},
+    "esnac_threshold": {"train_after": 25},  # the LSTM trains once a kernel expects 25 results
+    "esnac_gamma1": {"subset": 1.0},
+}
+METHODS = (*VARIANTS, "n2n", "random")
+
+
+def _esnac_options(method: str, esnac_kwargs: dict[str, Any]) -> dict[str, Any]:
+    from embedding.options import PRESETS
+
+    variant = dict(VARIANTS[method])
+    preset = variant.pop("preset", None)
+    if preset is not None:  # the preset is complete: --kernels / --subset do not apply
+        return {**PRESETS[preset], **variant}
+    return {**esnac_kwargs, **variant}
+
+
 def simulate_one(
     method: str,
     pool: dict[str, Any],
@@ -233,6 +257,7 @@ def simulate_one(
 ) -> list[float]:
     """Run one search on the pool; return the reward of each evaluation in order."""
     from embedding import Action, RandomSearcher
+    from embedding.n2n import N2NSearcher
     from embedding.search import EsnacSearcher
 
     by_key = {e["key"]: e for e in pool["entries"]}
@@ -241,16 +266,14 @@ def simulate_one(
     # acquisition ranks only tabulated architectures (and random search draws from the same
     # pool, which itself follows the paper's sampling distributions). Each `suggest(per_step)`
     # is the service's step: `kernels` GPs fitted, `per_step` candidates.
+    searcher: Any
     if method == "random":
         searcher = RandomSearcher(space, seed=seed, candidate_pool=members)
+    elif method == "n2n":  # one policy update per step; picks members by policy probability
+        searcher = N2NSearcher(space, seed=seed, batch=per_step, candidate_pool=members)
     else:
-        searcher = EsnacSearcher(
-            space,
-            seed=seed,
-            train_encoder=(method == "esnac"),
-            candidate_pool=members,
-            **esnac_kwargs,
-        )
+        opts = _esnac_options(method, esnac_kwargs)
+        searcher = EsnacSearcher(space, seed=seed, candidate_pool=members, **opts)
     rewards: list[float] = []
     while len(rewards) < budget:
         picks = searcher.suggest(min(per_step, budget - len(rewards)))
@@ -271,13 +294,13 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     space = CompressionSpace.for_teacher(zoo.build("resnet20", 10))
     if space.fingerprint != pool["settings"]["space_fingerprint"]:
         raise SystemExit("the pool was made for another resnet20 graph")
-    methods = ["esnac", "esnac_untrained", "random"]
+    methods = list(args.methods)
     esnac_kwargs = {"kernels": args.kernels, "subset": args.subset}
     shard, shards = args.shard, args.shards
     if not 0 <= shard < shards:
         raise SystemExit(f"--shard must be in [0, {shards})")
     args.out.mkdir(parents=True, exist_ok=True)
-    part_file = args.out / f"search_efficiency.part{shard}of{shards}.json"
+    part_file = args.out / f"{args.name}.part{shard}of{shards}.json"
     run_settings = {
         "budget": args.budget,
         "per_step": args.per_step,
@@ -293,6 +316,9 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         old = json.loads(part_file.read_text())
         if old.get("settings") == run_settings:
             part = old
+            for key in ("curves", "seconds"):  # methods added since keep the others' runs
+                for m in methods:
+                    part[key].setdefault(m, {})
     for seed in range(shard, args.seeds, shards):
         for m in methods:
             if str(seed) in part["curves"][m]:
@@ -303,7 +329,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
             part["curves"][m][str(seed)] = _best_so_far(rewards)
             _write_json(part, part_file)
             print(f"seed {seed} {m}: best {max(rewards):.4f}", flush=True)
-    parts = [args.out / f"search_efficiency.part{i}of{shards}.json" for i in range(shards)]
+    parts = [args.out / f"{args.name}.part{i}of{shards}.json" for i in range(shards)]
     if not all(f.exists() for f in parts):
         print("other shards still running: the last one to finish writes the summary")
         return
@@ -313,7 +339,7 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     loaded = [p for p in loaded if p["settings"] == run_settings]
     for m in methods:
         for seed in range(args.seeds):
-            got = [p for p in loaded if str(seed) in p["curves"][m]]
+            got = [p for p in loaded if str(seed) in p["curves"].get(m, {})]
             if not got:
                 print(f"seed {seed} of {m} not replayed yet: summary not written")
                 return
@@ -326,6 +352,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         "per_step": args.per_step,
         "seeds": args.seeds,
         "esnac": esnac_kwargs,
+        "variants": {m: VARIANTS[m] for m in methods if m in VARIANTS},
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "methods": {},
     }
     for m in methods:
@@ -338,15 +366,28 @@ def cmd_simulate(args: argparse.Namespace) -> None:
             "seconds_per_search": seconds[m] / args.seeds,
             **{
                 f"at_{k}": [float(mean[k - 1]), float(se[k - 1])]
-                for k in (16, 32, 60)
+                for k in (16, 32, 60, 100)
                 if k <= args.budget
             },
         }
-    target = summary["methods"]["random"]["mean"][-1]
-    reach = [i + 1 for i, v in enumerate(summary["methods"]["esnac"]["mean"]) if v >= target]
-    summary["esnac_evals_to_random_best_at_budget"] = reach[0] if reach else None
-    (args.out / "search_efficiency.json").write_text(json.dumps(summary, indent=1) + "\n")
-    _plot(summary, args.out / "search_efficiency.png")
+    if "random" in methods:
+        # evaluations each method needs to reach random search's mean best at 60 / at the budget
+        rnd = summary["methods"]["random"]["mean"]
+        marks = sorted({k for k in (60, args.budget) if k <= args.budget})
+        summary["evals_to_random_best"] = {
+            m: {
+                str(k): next((i + 1 for i, v in enumerate(summary["methods"][m]["mean"])
+                              if v >= rnd[k - 1]), None)  # fmt: skip
+                for k in marks
+            }
+            for m in methods
+        }
+        if "esnac" in methods:
+            summary["esnac_evals_to_random_best_at_budget"] = summary["evals_to_random_best"][
+                "esnac"
+            ][str(args.budget)]
+    (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _plot(summary, args.out / f"{args.name}.png")
     print(json.dumps({k: v for k, v in summary.items() if k != "methods"}, indent=2))
     for m in methods:
         print(m, {k: v for k, v in summary["methods"][m].items() if k.startswith("at_")})
@@ -431,13 +472,19 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     labels = {
         "esnac": "ESNAC (learned embedding)",
+        "esnac_paper": "ESNAC, paper preset",
         "esnac_untrained": "ESNAC, untrained encoder",
+        "esnac_warm": "ESNAC, warm-started LSTM",
+        "esnac_pretrain": "ESNAC, LSTM pretrained on free labels",
+        "esnac_threshold": "ESNAC, LSTM trained from 25 results per kernel",
+        "esnac_gamma1": "ESNAC, gamma = 1",
+        "n2n": "N2N (reinforcement learning)",
         "random": "random search",
     }
     for m, stats in summary["methods"].items():
         mean, se = np.asarray(stats["mean"]), np.asarray(stats["se"])
         x = np.arange(1, len(mean) + 1)
-        ax.plot(x, mean, label=labels[m])
+        ax.plot(x, mean, label=labels.get(m, m))
         ax.fill_between(x, mean - se, mean + se, alpha=0.25)
     ax.set_xlabel("evaluated architectures")
     ax.set_ylabel("best reward so far (mean ± s.e.)")
@@ -510,6 +557,18 @@ def main() -> None:
         type=int,
         default=1,
         help="processes sharing the seeds; the last to finish merges the parts into the summary",
+    )
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=["esnac", "esnac_untrained", "random"],
+        help="searchers to replay (ESNAC variants, n2n, random)",
+    )
+    p.add_argument(
+        "--name",
+        default="search_efficiency",
+        help="results file stem under --out (the v2 study: embedding_study)",
     )
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("diagnose", help="fit quality on the pool: rank correlation, LOO")

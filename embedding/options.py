@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["EsnacOptions", "SearcherError"]
+__all__ = ["PRESETS", "EsnacOptions", "SearcherError"]
 
 
 class SearcherError(ValueError):
@@ -28,12 +28,22 @@ class EsnacOptions:
         candidates: random actions scored by Expected Improvement per kernel.
         train_encoder: fit the LSTM on the observations (False: keep it fixed, e.g. a
             transferred embedding).
+        warm_start: each step's kernels start from the previous step's learned LSTM instead
+            of a fresh initialisation (variant of the embedding study).
+        train_after: keep the LSTM fixed until a kernel expects at least this many
+            observations (`subset` x observations); 0: train from the first fit (variant).
+        pretrain: before any fit, train the LSTM (once per teacher) to predict free labels of
+            1,000 sampled architectures -- size, depth, removed fraction, shrink, skips -- and start
+            every kernel from it (variant; `embedding.pretrain`).
     """
 
     kernels: int = 8
     subset: float = 0.5
     candidates: int = 1000
     train_encoder: bool = True
+    warm_start: bool = False
+    train_after: int = 0
+    pretrain: bool = False
 
     def validate(self) -> None:
         """Raises `SearcherError` naming the first invalid option."""
@@ -41,6 +51,9 @@ class EsnacOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SearcherError(f"{name} must be a positive integer, got {value!r}")
+        t = self.train_after
+        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+            raise SearcherError(f"train_after must be a non-negative integer, got {t!r}")
         s = self.subset
         if not isinstance(s, int | float) or not math.isfinite(s) or not 0.0 < s <= 1.0:
             raise SearcherError(f"subset must lie in (0, 1], got {s!r}")
@@ -50,11 +63,25 @@ class EsnacOptions:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> EsnacOptions:
-        """Options from stored JSON (missing keys take the defaults); validated."""
+        """Options from stored JSON (missing keys take the defaults; `preset` names a set of
+        values, `PRESETS`, that the other keys override); validated."""
         data = dict(data or {})
+        preset = data.pop("preset", None)
+        if preset is not None:
+            if preset not in PRESETS:
+                raise SearcherError(f"unknown searcher preset {preset!r}; known: {sorted(PRESETS)}")
+            data = {**PRESETS[preset], **data}
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise SearcherError(f"unknown searcher options {unknown}")
         opts = cls(**data)
         opts.validate()
         return opts
+
+
+#: Named option sets. "paper": the paper's exact settings (8 kernels, gamma = 0.5, 1000 candidates,
+#: a freshly initialised LSTM trained at every step), kept as they are whatever the defaults become.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {"kernels": 8, "subset": 0.5, "candidates": 1000, "train_encoder": True,
+              "warm_start": False, "train_after": 0, "pretrain": False},  # fmt: skip
+}

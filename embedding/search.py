@@ -186,6 +186,7 @@ class EsnacSearcher(Searcher):
             search) to start every kernel from -- with `train_encoder=False` this is the
             paper's transfer of a learned embedding to a new teacher.
         train_encoder: fit the LSTM on the observations (True) or keep it fixed.
+        warm_start, train_after, pretrain: variants of the embedding study (`EsnacOptions`).
         device: torch device for the LSTM (default CPU).
         fit: optimiser, stopping rule, objective, alpha, beta (`FitSettings()`: the paper's).
         hidden_size, num_layers, input_transform: the encoder's shape and input transform.
@@ -205,6 +206,9 @@ class EsnacSearcher(Searcher):
         seed: int = 0,
         encoder_init: dict[str, torch.Tensor] | None = None,
         train_encoder: bool = EsnacOptions.train_encoder,
+        warm_start: bool = EsnacOptions.warm_start,
+        train_after: int = EsnacOptions.train_after,
+        pretrain: bool = EsnacOptions.pretrain,
         device: str | torch.device | None = None,
         fit: FitSettings | None = None,
         hidden_size: int = 64,
@@ -214,13 +218,19 @@ class EsnacSearcher(Searcher):
         candidate_pool: Sequence[Action] | None = None,
     ) -> None:
         super().__init__(space, seed=seed, candidate_pool=candidate_pool)
-        EsnacOptions(int(kernels), float(subset), int(candidates), bool(train_encoder)).validate()
+        EsnacOptions(
+            int(kernels), float(subset), int(candidates), bool(train_encoder),
+            bool(warm_start), int(train_after), bool(pretrain),
+        ).validate()  # fmt: skip
         if chunk < 1:
             raise SearcherError("chunk must be positive")
         self.kernels = int(kernels)
         self.subset = float(subset)
         self.candidates = int(candidates)
         self.train_encoder = bool(train_encoder)
+        self.warm_start = bool(warm_start)
+        self.train_after = int(train_after)
+        self.pretrain = bool(pretrain)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.fit_settings = fit or FitSettings()
         self.encoder_config: dict[str, Any] = {
@@ -258,6 +268,9 @@ class EsnacSearcher(Searcher):
             "subset": self.subset,
             "candidates": self.candidates,
             "train_encoder": self.train_encoder,
+            "warm_start": self.warm_start,
+            "train_after": self.train_after,
+            "pretrain": self.pretrain,
             "fit": self.fit_settings.to_dict(),
             "encoder_config": dict(self.encoder_config),
             "chunk": self.chunk,
@@ -277,6 +290,9 @@ class EsnacSearcher(Searcher):
         self.subset = float(cfg["subset"])
         self.candidates = int(cfg["candidates"])
         self.train_encoder = bool(cfg["train_encoder"])
+        self.warm_start = bool(cfg.get("warm_start", False))
+        self.train_after = int(cfg.get("train_after", 0))
+        self.pretrain = bool(cfg.get("pretrain", False))
         self.fit_settings = FitSettings(**cfg["fit"])
         self.encoder_config = dict(cfg["encoder_config"])
         self.chunk = int(cfg["chunk"])
@@ -305,8 +321,9 @@ class EsnacSearcher(Searcher):
         stack = EncoderStack(
             m, **self.encoder_config, generator=torch.Generator().manual_seed(init_seed)
         )
-        if self.encoder_init is not None:
-            stack.load_encoder_state(self.encoder_init)
+        start = self._start_weights()
+        if start is not None:
+            stack.load_encoder_state(start)
         stack.to(dev)
         rows = self.space.encode(self.actions).to(dev)  # n_obs x T x D
         width = max(len(s) for s in subsets)
@@ -318,7 +335,8 @@ class EsnacSearcher(Searcher):
         rewards = torch.tensor(self.rewards, dtype=torch.float64)
         y = rewards[index]
         x = rows[index.to(dev)]
-        report = fit_stack(stack, x, y, mask.to(dev), self.fit_settings, self.train_encoder)
+        train = self.train_encoder and n_obs * self.subset >= self.train_after
+        report = fit_stack(stack, x, y, mask.to(dev), self.fit_settings, train)
         self.last_fit = report
         self._learned = stack.encoder_state(int(np.argmax(report.objective)))
         t2 = time.perf_counter()
@@ -350,6 +368,20 @@ class EsnacSearcher(Searcher):
             kernels.append(j)
         self.last_kernels = kernels
         return out
+
+    def _start_weights(self) -> dict[str, torch.Tensor] | None:
+        """Where every kernel's LSTM starts: the previous step's learned one (`warm_start`),
+        else `encoder_init`, else the free-label pretraining (`pretrain`), else None (a fresh
+        initialisation)."""
+        if self.warm_start and self._learned is not None:
+            return self._learned
+        if self.encoder_init is not None:
+            return self.encoder_init
+        if self.pretrain:
+            from embedding.pretrain import pretrained_encoder
+
+            return pretrained_encoder(self.space, self.encoder_config)
+        return None
 
     @torch.no_grad()
     def _rank_candidates(

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from embedding.options import PRESETS as _PRESETS
 from embedding.options import EsnacOptions as _Esnac
 from workers.spec import LATENCY_BACKENDS, WorkerError
 from workers.spec import FullTraining as _Full
@@ -156,12 +157,38 @@ class LatencyIn(_In):
 
 
 class EsnacOptions(_In):
-    """Advanced knobs of the ESNAC searcher (defaults: the paper's; ignored by `random`)."""
+    """Advanced knobs of the ESNAC searcher (defaults: the paper's; ignored by `random` and
+    `n2n`). `{"preset": "paper"}` asks for the paper's exact settings (other keys override
+    them); the job stores and shows the resulting values."""
 
     kernels: int = Field(default=_Esnac.kernels, ge=1, le=64)
     subset: float = Field(default=_Esnac.subset, gt=0, le=1)
     candidates: int = Field(default=_Esnac.candidates, ge=1, le=100_000)
     train_encoder: bool = _Esnac.train_encoder
+    warm_start: bool = Field(
+        default=_Esnac.warm_start,
+        description="start each step's kernels from the previous step's learned LSTM",
+    )
+    train_after: int = Field(
+        default=_Esnac.train_after, ge=0, le=100_000,
+        description="keep the LSTM fixed until a kernel expects this many observations",
+    )  # fmt: skip
+    pretrain: bool = Field(
+        default=_Esnac.pretrain,
+        description="start from an LSTM pretrained on free labels (size, depth, ...) of "
+        "sampled architectures, once per teacher",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "preset" in data:
+            data = dict(data)
+            name = data.pop("preset")
+            if name not in _PRESETS:
+                raise ValueError(f"unknown searcher preset {name!r}; known: {sorted(_PRESETS)}")
+            data = {**_PRESETS[name], **data}
+        return data
 
 
 class JobCreate(_In):

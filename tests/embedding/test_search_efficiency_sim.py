@@ -63,13 +63,21 @@ def synthetic_pool(space: CompressionSpace, n: int = 24) -> dict:  # type: ignor
     return {"settings": {"space_fingerprint": space.fingerprint}, "entries": entries}
 
 
-def test_replay_draws_unevaluated_pool_members(bench, space) -> None:  # type: ignore[no-untyped-def]
+def test_replay_draws_unevaluated_pool_members(bench, space, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from embedding import pretrain
+
+    monkeypatch.setattr(pretrain, "SAMPLES", 50)  # a short pretraining
+    monkeypatch.setattr(pretrain, "EPOCHS", 1)
     pool = synthetic_pool(space)
     rewards_by_key = {e["key"]: e["reward"] for e in pool["entries"]}
-    for method in ("random", "esnac", "esnac_untrained"):
+    assert set(bench.METHODS) >= {"esnac_paper", "esnac_warm", "n2n", "random"}
+    paper = bench._esnac_options("esnac_paper", {"kernels": 2, "subset": 1.0})
+    assert (paper["kernels"], paper["subset"], paper["candidates"]) == (8, 0.5, 1000)
+    assert bench._esnac_options("esnac_gamma1", {"kernels": 2, "subset": 0.5})["subset"] == 1.0
+    for method in ("random", "n2n", "esnac", "esnac_untrained", "esnac_warm", "esnac_pretrain"):
         rewards = bench.simulate_one(
             method, pool, space, seed=1, budget=14, per_step=4,
-            esnac_kwargs={"kernels": 2, "subset": 0.5},
+            esnac_kwargs={"kernels": 2, "subset": 0.5, "candidates": 100},
         )  # fmt: skip
         assert len(rewards) == 14
         # every reward is a pool entry's, and each entry was drawn at most once
@@ -86,13 +94,16 @@ def test_simulate_writes_json_and_png(bench, space, tmp_path: Path) -> None:  # 
     for shard in (0, 1):  # two shards, as two processes would run them; the last one merges
         args = argparse.Namespace(
             seeds=2, budget=10, per_step=4, kernels=2, subset=0.5, threads=1,
-            pool=pool_file, out=out, shard=shard, shards=2,
+            pool=pool_file, out=out, shard=shard, shards=2, name="study",
+            methods=["esnac", "esnac_untrained", "n2n", "random"],
         )  # fmt: skip
         bench.cmd_simulate(args)
-        assert (out / "search_efficiency.json").exists() == (shard == 1)
-    summary = json.loads((tmp_path / "out" / "search_efficiency.json").read_text())
-    assert (tmp_path / "out" / "search_efficiency.png").stat().st_size > 1000
-    assert set(summary["methods"]) == {"esnac", "esnac_untrained", "random"}
+        assert (out / "study.json").exists() == (shard == 1)
+    summary = json.loads((tmp_path / "out" / "study.json").read_text())
+    assert (tmp_path / "out" / "study.png").stat().st_size > 1000
+    assert set(summary["methods"]) == {"esnac", "esnac_untrained", "n2n", "random"}
+    assert set(summary["evals_to_random_best"]["n2n"]) == {"10"}
+    assert 1 <= summary["evals_to_random_best"]["random"]["10"] <= 10  # its own best
     for stats in summary["methods"].values():
         mean = stats["mean"]
         assert len(mean) == 10 and len(stats["se"]) == 10

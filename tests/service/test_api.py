@@ -263,6 +263,7 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
     assert job["search"]["epochs"] == 10 and job["full_training"]["epochs"] == 300
     assert job["searcher"] == {
         "kernels": 8, "subset": 0.5, "candidates": 1000, "train_encoder": True,
+        "warm_start": False, "train_after": 0, "pretrain": False,
     }  # fmt: skip
     assert job["status"] == "queued" and job["progress"]["total"] == 160
     assert job["reward"] == "params" and job["latency"] is None  # nothing measured by default
@@ -284,6 +285,14 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
     assert [j["id"] for j in client.get("/v1/jobs", params={"status": "cancelled"}).json()[
         "items"]] == [job["id"]]  # fmt: skip
     assert client.get("/v1/jobs/12345").status_code == 404
+    # the paper's preset, stored as explicit values (other keys override it)
+    r = client.post("/v1/jobs", json={"teacher_id": teacher["id"],
+                                      "searcher": {"preset": "paper", "subset": 1.0}},
+                    headers=AUTH)  # fmt: skip
+    assert r.status_code == 201 and r.json()["searcher"] == {**job["searcher"], "subset": 1.0}
+    r = client.post("/v1/jobs", json={"teacher_id": teacher["id"],
+                                      "searcher": {"preset": "fast"}}, headers=AUTH)  # fmt: skip
+    assert r.status_code == 422 and "unknown searcher preset" in r.text, r.text
 
 
 def test_trials_incremental_polling(
