@@ -36,6 +36,7 @@ from embedding.graph import KINDS
 
 __all__ = [
     "DEFAULT_TRANSFORM",
+    "adapt_encoder_state",
     "INPUT_TRANSFORMS",
     "ArchitectureEncoder",
     "EncoderError",
@@ -155,6 +156,47 @@ class ArchitectureEncoder(nn.Module):
 
 # ---------------------------------------------------------------------------- stacked encoders
 _GATES = 4
+
+
+def adapt_encoder_state(
+    state: dict[str, torch.Tensor], input_size: int
+) -> dict[str, torch.Tensor]:
+    """An encoder's weights for rows of another width: reuse across teachers of other depth.
+
+    A row is `DENSE_COLUMNS` layer features, then in- and out-connection vectors of `L` columns
+    each (`L` = the space's `max_layers`: 128 for every teacher of up to 128 layers, the
+    teacher's depth beyond). Only the first LSTM layer's input weights depend on `L`. Column `d`
+    of a connection vector means "a connection `d` layers away" for every `L`, so the weights of
+    offsets both widths have are copied; a narrower target drops offsets it cannot have (exact:
+    its rows hold nothing there), a wider one gives the new offsets zero weight (connections
+    farther than the source encoder ever saw are ignored).
+
+    Raises:
+        EncoderError: not an encoder's weights, or a width that is not `DENSE_COLUMNS + 2 L`.
+    """
+    key = "lstm.weight_ih_l0"
+    if key not in state or (input_size - DENSE_COLUMNS) % 2 or input_size <= DENSE_COLUMNS:
+        raise EncoderError(
+            f"cannot map encoder weights to rows of width {input_size}: expected the weights "
+            f"of an ArchitectureEncoder and a width of {DENSE_COLUMNS} + 2 x max_layers"
+        )
+    src = int(state[key].shape[-1])
+    if src == input_size:
+        return dict(state)
+    if src <= DENSE_COLUMNS or (src - DENSE_COLUMNS) % 2:
+        raise EncoderError(f"encoder input width {src} is not {DENSE_COLUMNS} + 2 x max_layers")
+    l_src, l_dst = (src - DENSE_COLUMNS) // 2, (input_size - DENSE_COLUMNS) // 2
+    k = min(l_src, l_dst)
+    out = dict(state)
+    for name in (key, key + "_reverse"):
+        w = state[name]
+        new = w.new_zeros(*w.shape[:-1], input_size)
+        d = DENSE_COLUMNS
+        new[..., :d] = w[..., :d]
+        new[..., d : d + k] = w[..., d : d + k]  # in-connections
+        new[..., d + l_dst : d + l_dst + k] = w[..., d + l_src : d + l_src + k]  # out-connections
+        out[name] = new
+    return out
 
 
 class _Recurrence(torch.autograd.Function):

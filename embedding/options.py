@@ -10,7 +10,12 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["PRESETS", "EsnacOptions", "SearcherError"]
+__all__ = ["ENCODER_HIDDEN", "ENCODER_LAYERS", "PRESETS", "EsnacOptions", "SearcherError"]
+
+#: The shape of the searcher's LSTM encoder (the paper's: 4 bidirectional layers of 64), which
+#: a stored encoder must have to be reused by another job (`embedding_from`).
+ENCODER_HIDDEN = 64
+ENCODER_LAYERS = 4
 
 
 class SearcherError(ValueError):

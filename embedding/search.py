@@ -19,7 +19,7 @@ from botorch.acquisition import LogExpectedImprovement
 from embedding.encoder import DEFAULT_TRANSFORM, EncoderError, EncoderStack
 from embedding.kernel import to_unit_cube
 from embedding.model import FitReport, FitSettings, build_gp, fit_stack
-from embedding.options import EsnacOptions, SearcherError
+from embedding.options import ENCODER_HIDDEN, ENCODER_LAYERS, EsnacOptions, SearcherError
 from embedding.space import Action, CompressionSpace
 
 __all__ = ["EsnacSearcher", "RandomSearcher", "Searcher", "SearcherError"]
@@ -211,8 +211,8 @@ class EsnacSearcher(Searcher):
         pretrain: bool = EsnacOptions.pretrain,
         device: str | torch.device | None = None,
         fit: FitSettings | None = None,
-        hidden_size: int = 64,
-        num_layers: int = 4,
+        hidden_size: int = ENCODER_HIDDEN,
+        num_layers: int = ENCODER_LAYERS,
         input_transform: str = DEFAULT_TRANSFORM,
         chunk: int = 125,
         candidate_pool: Sequence[Action] | None = None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -117,6 +118,28 @@ class ArtifactStore:
     def path(self, artifact: Artifact) -> Path:
         """Where an artifact's file lies (its name came from `write`, never from a request)."""
         return self.root / Path(artifact.path).name
+
+    def tensor_shapes(self, artifact: Artifact) -> dict[str, list[int]]:
+        """The tensor shapes of a safetensors artifact, from its JSON header (nothing else is
+        read or loaded).
+
+        Raises:
+            ValueError: the file is not safetensors.
+            FileNotFoundError, ArtifactDirUnavailableError: as `read`.
+        """
+        try:
+            with open(self.path(artifact), "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                if not 2 <= size <= 100 << 20:
+                    raise ValueError(f"artifact {artifact.id} is not a safetensors file")
+                header = json.loads(f.read(size))
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise self._unavailable(e, "read") from e
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"artifact {artifact.id} is not a safetensors file") from e
+        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
 
     def read(self, artifact: Artifact) -> bytes:
         """An artifact's bytes.

@@ -54,7 +54,8 @@ def make_searcher(
 ) -> Searcher:
     """The job's searcher: `RandomSearcher`, `N2NSearcher` (one policy update per `per_step`
     observations), or `EsnacSearcher` with the job's stored options
-    (validated by `EsnacOptions`; options the job does not name take its defaults) fitting on
+    (validated by `EsnacOptions`; options the job does not name take its defaults; a reused
+    encoder mapped to this teacher's row width, `adapt_encoder_state`) fitting on
     `device` (None: the CPU)."""
     if job.strategy == "random":
         return RandomSearcher(space, seed=job.seed)
@@ -62,6 +63,7 @@ def make_searcher(
         from embedding.n2n import N2NSearcher
 
         return N2NSearcher(space, seed=job.seed, batch=job.per_step)
+    from embedding.encoder import adapt_encoder_state
     from embedding.search import EsnacSearcher
 
     opts = EsnacOptions.from_dict(job.searcher)
@@ -75,7 +77,11 @@ def make_searcher(
         train_after=opts.train_after,
         pretrain=opts.pretrain,
         seed=job.seed,
-        encoder_init=encoder_from_bytes(encoder_init) if encoder_init is not None else None,
+        encoder_init=(
+            adapt_encoder_state(encoder_from_bytes(encoder_init), space.row_size)
+            if encoder_init is not None
+            else None
+        ),
         device=device,
     )
 

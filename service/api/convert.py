@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from service.api.schemas import (
+    EmbeddingSource,
     EsnacOptions,
     FinalPublic,
     FullTrainingIn,
@@ -73,6 +74,17 @@ def trial_public(t: Trial) -> TrialPublic:
     )  # fmt: skip
 
 
+def _source(repo: Repository, j: Job) -> EmbeddingSource | None:
+    if j.embedding_from is None:
+        return None
+    src = repo.get_job(j.embedding_from)
+    t = repo.get_teacher(src.teacher_id)
+    return EmbeddingSource(
+        job=src.id, teacher_id=t.id, teacher_arch=t.arch, teacher_name=t.name,
+        other_teacher=src.teacher_id != j.teacher_id,
+    )  # fmt: skip
+
+
 def job_public(repo: Repository, j: Job, waiting: str | None = None) -> JobPublic:
     """`waiting`: why the scheduler cannot start trials now (shown for unfinished jobs)."""
     counts = repo.job_counts(j.id)
@@ -84,7 +96,8 @@ def job_public(repo: Repository, j: Job, waiting: str | None = None) -> JobPubli
         full_training=FullTrainingIn(**j.full_training),
         reward=j.reward,  # type: ignore[arg-type]
         latency=LatencyIn(**j.latency) if j.latency is not None else None,
-        seed=j.seed, embedding_from=j.embedding_from, searcher=EsnacOptions(**j.searcher),
+        seed=j.seed, embedding_from=j.embedding_from, embedding_source=_source(repo, j),
+        searcher=EsnacOptions(**j.searcher),
         status=j.status.value, error=j.error,
         waiting=waiting if j.status in (JobState.QUEUED, JobState.RUNNING) else None,
         progress=Progress(total=j.budget, **counts),

@@ -324,6 +324,18 @@ class TrialPublic(BaseModel):
     updated_at: datetime
 
 
+class EmbeddingSource(BaseModel):
+    """Where a job's starting embedding came from (`embedding_from`)."""
+
+    job: int
+    teacher_id: int
+    teacher_arch: str
+    teacher_name: str | None
+    #: the encoder was learned on another teacher (its connection vectors were mapped to this
+    #: teacher's row width when the widths differ)
+    other_teacher: bool
+
+
 class JobPublic(BaseModel):
     """A search job, its settings, progress and best trial so far."""
 
@@ -340,6 +352,7 @@ class JobPublic(BaseModel):
     latency: LatencyIn | None
     seed: int
     embedding_from: int | None
+    embedding_source: EmbeddingSource | None = None
     searcher: EsnacOptions
     status: JobStatus
     error: str | None

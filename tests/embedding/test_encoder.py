@@ -10,6 +10,7 @@ from embedding.encoder import (
     ArchitectureEncoder,
     EncoderError,
     EncoderStack,
+    adapt_encoder_state,
     transform_inputs,
 )
 from embedding.space import CompressionSpace
@@ -101,3 +102,23 @@ def test_weights_round_trip_and_shape_errors(rows: torch.Tensor) -> None:
         other.load_encoder_state({})
     with pytest.raises(EncoderError, match="expected"):
         stack(rows)
+
+
+def test_an_encoder_maps_to_rows_of_another_width_exactly() -> None:
+    """The same architectures encoded with max_layers 128 and 200 embed identically by an
+    encoder and its mapped copy, both ways (resnet20's connections are all shorter than 128)."""
+    narrow = CompressionSpace.for_teacher(zoo.build("resnet20", 10))
+    wide = CompressionSpace(narrow.graph, narrow.teacher, max_layers=200)
+    rng = np.random.default_rng(0)
+    actions = [narrow.sample(rng) for _ in range(6)]
+    cfg = {"hidden_size": 8, "num_layers": 2}
+    for src, dst in ((wide, narrow), (narrow, wide)):
+        a = EncoderStack(1, src.row_size, **cfg, generator=torch.Generator().manual_seed(1))
+        b = EncoderStack(1, dst.row_size, **cfg)
+        b.load_encoder_state(adapt_encoder_state(a.encoder_state(0), dst.row_size))
+        with torch.no_grad():
+            ea = a(src.encode(actions).unsqueeze(0))
+            eb = b(dst.encode(actions).unsqueeze(0))
+        assert torch.allclose(ea, eb, atol=1e-6)
+    with pytest.raises(EncoderError, match="width"):
+        adapt_encoder_state(a.encoder_state(0), narrow.row_size + 1)

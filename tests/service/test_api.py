@@ -354,3 +354,29 @@ def test_server_refuses_a_public_bind_without_token(tmp_path: Path) -> None:
     settings = Settings(database_url=f"sqlite:///{tmp_path / 'x.db'}", api_token=None)
     with pytest.raises(UnsafeBindError, match="ESNAC_API_TOKEN"):
         serve(settings, host="0.0.0.0", port=1)
+
+
+def test_embedding_from_refuses_an_encoder_of_another_shape_naming_the_job(
+    client: TestClient, settings: Settings, resnet20_bytes: bytes
+) -> None:
+    from safetensors.torch import save
+
+    from embedding.encoder import EncoderStack
+    from service.artifacts import ArtifactStore
+
+    teacher = _upload(client, resnet20_bytes).json()
+    jobs = [client.post("/v1/jobs", json={"teacher_id": teacher["id"]}, headers=AUTH).json()
+            for _ in range(3)]  # fmt: skip
+    store, s = ArtifactStore(settings.artifact_dir), Storage(settings.database_url)
+    with s.session() as repo:  # job 1: a stored encoder of another hidden size; job 2: garbage
+        small = EncoderStack(1, 272, hidden_size=8, num_layers=4).encoder_state(0)
+        repo.set_job_encoder(jobs[1]["id"], store.write(repo, "encoder", save(small)).id)
+        repo.set_job_encoder(jobs[2]["id"], store.write(repo, "encoder", b"not tensors").id)
+    s.dispose()
+    for job, needle in ((jobs[0], "has no learned encoder"), (jobs[1], "4 layers x 8 hidden"),
+                        (jobs[2], "not a safetensors file")):  # fmt: skip
+        r = client.post("/v1/jobs", json={"teacher_id": teacher["id"],
+                                          "embedding_from": job["id"]}, headers=AUTH)  # fmt: skip
+        assert r.status_code == 422 and needle in r.text, r.text
+        assert f"job {job['id']}" in r.text, r.text
+    assert len(client.get("/v1/jobs").json()["items"]) == 3  # nothing stored

@@ -72,8 +72,9 @@ def test_esnac_job_end_to_end(servers: list[Server], server_env, tmp_path: Path)
 
     from embedding.space import Action
     from service.searchers import build_space
+    from workers import zoo
     from workers.data import load_dataset
-    from workers.export import load_state_safetensors
+    from workers.export import load_state_safetensors, state_to_safetensors
     from workers.train import evaluate
 
     server = Server(server_env, tmp_path / "server.log")
@@ -137,15 +138,27 @@ def test_esnac_job_end_to_end(servers: list[Server], server_env, tmp_path: Path)
     assert acc == pytest.approx(best["final"]["accuracy"], abs=1e-6)
     assert sum(p.numel() for p in student.parameters()) == best["params"]
 
-    # a second job reuses the learned encoder
+    # a job on a deeper teacher (resnet56: more than 128 layers, so wider rows) starts from the
+    # learned encoder, fixed (the paper's transfer), mapped to its row width; its second step fits
+    r = c.post(
+        "/v1/teachers", files={"weights": ("t", state_to_safetensors(zoo.build("resnet56", 10)))},
+        data={"arch": "resnet56", "num_classes": "10", "dataset": "digits", "accuracy": "0.5"},
+    )  # fmt: skip
+    assert r.status_code == 201, r.text
+    deep = r.json()["id"]
     r = c.post("/v1/jobs", json={
-        "teacher_id": teacher["id"], "embedding_from": job["id"], "steps": 1, "per_step": 1,
+        "teacher_id": deep, "embedding_from": job["id"], "steps": 2, "per_step": 2,
         "top_k": 0, "search": {"epochs": 1, "max_train_samples": 64},
         "searcher": {"kernels": 1, "candidates": 20, "train_encoder": False},
     })  # fmt: skip
     assert r.status_code == 201, r.text
-    job2 = _wait(c, f"/v1/jobs/{r.json()['id']}", _finished, 120)
-    assert job2["status"] == "succeeded", job2
+    job2 = _wait(c, f"/v1/jobs/{r.json()['id']}", _finished, 240)
+    assert job2["status"] == "succeeded", (job2, server.log.read_text()[-3000:])
+    assert job2["embedding_source"] == {
+        "job": job["id"], "teacher_id": teacher["id"], "teacher_arch": "resnet20",
+        "teacher_name": None, "other_teacher": True,
+    }  # fmt: skip
+    assert job2["progress"]["succeeded"] == 4 and job2["has_encoder"]  # a fit ran on it
 
 
 def test_restart_and_dead_worker_keep_every_finished_trial(

@@ -7,8 +7,17 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
+from embedding.options import ENCODER_HIDDEN, ENCODER_LAYERS
 from service.api.convert import job_public, trial_public
-from service.api.deps import AuthDep, SchedulerDep, SessionDep, SettingsDep, StorageDep, confined
+from service.api.deps import (
+    ArtifactsDep,
+    AuthDep,
+    SchedulerDep,
+    SessionDep,
+    SettingsDep,
+    StorageDep,
+    confined,
+)
 from service.api.schemas import (
     JobCreate,
     JobPage,
@@ -18,7 +27,8 @@ from service.api.schemas import (
     TrialPage,
     TrialStatus,
 )
-from service.db import JobState, NotFoundError, TeacherState, UpdateFinishedJobError
+from service.artifacts import ArtifactStore
+from service.db import JobState, NotFoundError, Repository, TeacherState, UpdateFinishedJobError
 from service.db.storage import (
     BadCursorError,
     decode_cursor,
@@ -45,6 +55,7 @@ def create_job(
     _auth: AuthDep,
     settings: SettingsDep,
     storage: StorageDep,
+    artifacts: ArtifactsDep,
     scheduler: SchedulerDep,
 ) -> JobPublic:
     """Submit a search; the scheduler starts it as soon as workers are free."""
@@ -96,6 +107,7 @@ def create_job(
                     f"embedding_from: job {src.id} ({src.strategy}, {src.status.value}) has no "
                     "learned encoder; use a succeeded esnac job"
                 )
+            _check_encoder(artifacts, repo, src.id, src.encoder_id)
         # a latency reward without a target records the default one the workers use
         latency = body.latency or (LatencyIn() if body.reward == "latency" else None)
         job = repo.create_job(
@@ -109,6 +121,25 @@ def create_job(
     if scheduler is not None:
         scheduler.notify()
     return out
+
+
+def _check_encoder(artifacts: ArtifactStore, repo: Repository, job_id: int, art_id: int) -> None:
+    """A stored encoder can start another job's kernels when its LSTM has this server's shape
+    (its row width may differ: it is mapped to the new teacher's, `adapt_encoder_state`)."""
+    try:
+        shapes = artifacts.tensor_shapes(repo.get_artifact(art_id))
+    except (ValueError, FileNotFoundError) as e:
+        raise _unprocessable(
+            f"embedding_from: job {job_id}'s stored encoder is unusable: {e}"
+        ) from e
+    hidden = shapes.get("lstm.weight_hh_l0", [0, 0])[-1]
+    layers = sum(1 for k in shapes if k.startswith("lstm.weight_ih_l") and "reverse" not in k)
+    if (hidden, layers) != (ENCODER_HIDDEN, ENCODER_LAYERS):
+        raise _unprocessable(
+            f"embedding_from: job {job_id}'s encoder is an LSTM of {layers} layers x {hidden} "
+            f"hidden units, but this server's searcher uses {ENCODER_LAYERS} x {ENCODER_HIDDEN}: "
+            "it cannot be reused; start without embedding_from"
+        )
 
 
 def _waiting(scheduler: Scheduler | None) -> str | None:
