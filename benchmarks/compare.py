@@ -357,6 +357,7 @@ def train(setup: Setup, method: str, seed: int) -> dict[str, Any]:
 def report(setup: Setup) -> dict[str, Any]:
     """Aggregate the finished trainings: per method, the accuracy's mean and spread over seeds."""
     runs = [_read_json(p) for p in sorted(setup.final_dir.glob("*_s*.json"))]
+    latency = _latencies(setup, runs)
     methods: dict[str, Any] = {}
     for m in METHODS:
         mine = [r for r in runs if r["method"] == m]
@@ -372,7 +373,10 @@ def report(setup: Setup) -> dict[str, Any]:
             "size_matched": None,
             "flops": mine[0]["flops"],
             "reward_mean": statistics.fmean(r["reward"] for r in mine),
-            "latency_ms": statistics.median(r["latency_ms"] for r in mine),
+            # single-image ONNX Runtime latency, all students timed in this process, rounds
+            # interleaved (the figure measured right after each training is kept beside it)
+            "latency_ms": latency.get(f"{m}_s{mine[0]['seed']}"),
+            "latency_ms_at_training": statistics.median(r["latency_ms"] for r in mine),
             "train_seconds": statistics.fmean(r["seconds"] for r in mine),
         }
     searches = {s: _read_json(setup.search_file(s)) for s in ("esnac", "random")}
@@ -386,6 +390,7 @@ def report(setup: Setup) -> dict[str, Any]:
         "searches": {s: {k: v for k, v in (d or {}).items() if k != "trials"}
                      for s, d in searches.items()},  # fmt: skip
         "methods": methods,
+        "teacher_latency_ms": latency.get("teacher"),
         "missing": [f"{m}_s{s}" for m in METHODS for s in setup.seeds
                     if not (setup.final_dir / f"{m}_s{s}.json").exists()],  # fmt: skip
         "load_average_now": _load(),
@@ -401,6 +406,41 @@ def report(setup: Setup) -> dict[str, Any]:
         print(f"{m:14s} {r['params']:>9,} params  {100 * r['accuracy_mean']:.2f}%{spread}  "
               f"f(x) {r['reward_mean']:.4f}  {r['latency_ms']:.3f} ms")  # fmt: skip
     return summary
+
+
+def _latencies(
+    setup: Setup, runs: list[dict[str, Any]], rounds: int = 15, per_round: int = 20
+) -> dict[str, float]:
+    """Median single-image latency (ms) of every student's ONNX file and of the teacher, with
+    ONNX Runtime on one thread, measured in this process: `rounds` rounds, each timing
+    `per_round` runs of every network in turn, so load changes hit all of them alike."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from workers.export import to_onnx
+
+    files = {f"{r['method']}_s{r['seed']}": setup.final_dir / f"{r['method']}_s{r['seed']}.onnx"
+             for r in runs}  # fmt: skip
+    models = {k: f.read_bytes() for k, f in files.items() if f.exists()}
+    if not models:
+        return {}
+    shape = tuple(runs[0]["input_shape"])
+    models["teacher"] = to_onnx(teacher_net(setup).eval(), shape)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+    sessions = {k: ort.InferenceSession(b, opts, providers=["CPUExecutionProvider"])
+                for k, b in models.items()}  # fmt: skip
+    x = np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(rounds):
+        for k, sess in sessions.items():
+            name = sess.get_inputs()[0].name
+            sess.run(None, {name: x})  # warm
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                sess.run(None, {name: x})
+                times[k].append(1000 * (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _students(setup: Setup, runs: list[dict[str, Any]]) -> None:
