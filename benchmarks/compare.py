@@ -375,7 +375,9 @@ def report(setup: Setup) -> dict[str, Any]:
             "reward_mean": statistics.fmean(r["reward"] for r in mine),
             # single-image ONNX Runtime latency, all students timed in this process, rounds
             # interleaved (the figure measured right after each training is kept beside it)
-            "latency_ms": latency.get(f"{m}_s{mine[0]['seed']}"),
+            "latency_ms": statistics.median(
+                [v for r in mine if (v := latency.get(f"{m}_s{r['seed']}")) is not None] or [0.0]
+            ),
             "latency_ms_at_training": statistics.median(r["latency_ms"] for r in mine),
             "train_seconds": statistics.fmean(r["seconds"] for r in mine),
         }
@@ -425,7 +427,10 @@ def _latencies(
     if not models:
         return {}
     shape = tuple(runs[0]["input_shape"])
-    models["teacher"] = to_onnx(teacher_net(setup).eval(), shape)
+    norm = runs[0]["normalization"]  # folded in as in the students' files
+    models["teacher"] = to_onnx(
+        teacher_net(setup).eval(), shape, normalize=(norm["mean"], norm["std"])
+    )
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = opts.inter_op_num_threads = 1
     sessions = {k: ort.InferenceSession(b, opts, providers=["CPUExecutionProvider"])

@@ -34,7 +34,8 @@ class EsnacOptions:
         train_encoder: fit the LSTM on the observations (False: keep it fixed, e.g. a
             transferred embedding).
         warm_start: each step's kernels start from the previous step's learned LSTM instead
-            of a fresh initialisation (variant of the embedding study).
+            of a fresh initialisation (variant of the embedding study; that LSTM lives in the
+            searcher's state, so after a coordinator restart the next step starts fresh).
         train_after: keep the LSTM fixed until a kernel expects at least this many
             observations (`subset` x observations); 0: train from the first fit (variant).
         pretrain: before any fit, train the LSTM (once per teacher) to predict free labels of
@@ -73,7 +74,7 @@ class EsnacOptions:
         data = dict(data or {})
         preset = data.pop("preset", None)
         if preset is not None:
-            if preset not in PRESETS:
+            if not isinstance(preset, str) or preset not in PRESETS:
                 raise SearcherError(f"unknown searcher preset {preset!r}; known: {sorted(PRESETS)}")
             data = {**PRESETS[preset], **data}
         unknown = sorted(set(data) - {f.name for f in fields(cls)})

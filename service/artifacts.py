@@ -133,13 +133,14 @@ class ArtifactStore:
                 if not 2 <= size <= 100 << 20:
                     raise ValueError(f"artifact {artifact.id} is not a safetensors file")
                 header = json.loads(f.read(size))
+            return {k: [int(d) for d in v["shape"]] for k, v in header.items()
+                    if k != "__metadata__"}  # fmt: skip
         except FileNotFoundError:
             raise
         except OSError as e:
             raise self._unavailable(e, "read") from e
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as e:
             raise ValueError(f"artifact {artifact.id} is not a safetensors file") from e
-        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
 
     def read(self, artifact: Artifact) -> bytes:
         """An artifact's bytes.

@@ -210,6 +210,7 @@ class WorkerPool:
         what: str,
         slot: Slot | None = None,
         on_lost: Callable[[BaseException], Awaitable[None]] | None = None,
+        node_losses: int | None = None,
     ) -> T:
         """`await call(slot)`; when the attempt is lost (the actor died, stalled or timed out),
         replace the actor and try again, `attempts` times in all.
@@ -222,13 +223,16 @@ class WorkerPool:
                 attempt and release it afterwards (also done once the caller's slot is retired
                 because the cluster shrank).
             on_lost: awaited with each lost attempt's error (to record it) before the next.
+            node_losses: attempts lost with their node that may go uncounted (default
+                `ESNAC_MAX_NODE_LOSSES`; a resumed trial passes what it has left).
 
         Raises:
             WorkersDiedError: every attempt was lost.
             Exception: whatever `call` raised other than a lost attempt (a worker error).
         """
         last: BaseException | None = None
-        attempt = counted = node_losses = 0
+        allowed = self.settings.max_node_losses if node_losses is None else max(0, node_losses)
+        attempt = counted = lost_with_node = 0
         while counted < attempts:
             attempt += 1
             # The caller's slot, unless the pool shrank under it (a node left): then another one
@@ -242,12 +246,12 @@ class WorkerPool:
                 log.warning("attempt %d %s lost: %s", attempt, what, e)
                 lost: BaseException = e
                 why = await self._lost_with_node(held, e)
-                if why is not None and node_losses < self.settings.max_node_losses:
-                    node_losses += 1
+                if why is not None and lost_with_node < allowed:
+                    lost_with_node += 1
                     lost = AttemptLostError(
                         "node_lost", f"{why}; this attempt does not count toward "
-                        f"ESNAC_MAX_ATTEMPTS ({node_losses} of ESNAC_MAX_NODE_LOSSES="
-                        f"{self.settings.max_node_losses})",
+                        f"ESNAC_MAX_ATTEMPTS (ESNAC_MAX_NODE_LOSSES="
+                        f"{self.settings.max_node_losses} such attempts per trial)",
                     )  # fmt: skip
                 else:
                     counted += 1
@@ -385,13 +389,15 @@ class WorkerPool:
         """Make sure the slot's actor has the job's teacher and data cached; returns its name.
 
         `data_ref`: the job's dataset shipped through the object store (`workers.shipping`),
-        or None (the worker reads its host's copy)."""
+        or None. It travels inside a list, so Ray does not fetch it for a worker whose host has
+        its own copy (the worker fetches it only when it has none)."""
         key = ctx["job_key"]
         if slot.node is None:
             slot.node = await slot.actor.node_id.remote()
             slot.placed = True
         if key not in slot.prepared:
-            slot.name = await slot.actor.prepare.remote(ctx, teacher_ref, data_ref)
+            shipped = [data_ref] if data_ref is not None else None
+            slot.name = await slot.actor.prepare.remote(ctx, teacher_ref, shipped)
             slot.prepared.add(key)
         elif slot.name is None:
             slot.name = await slot.actor.name.remote()

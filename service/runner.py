@@ -188,9 +188,10 @@ class JobRunner:
             shipping.pack, job.dataset, s.settings.data_dir, s.settings.data_ship_max_mb
         )
         if payload is not None:
-            log.info("job %d: shipping dataset %s (%.1f MiB) to its workers", job.id,
+            log.info("job %d: shipping dataset %s (%.1f MiB) to workers without a copy", job.id,
                      job.dataset, payload["bytes"] / shipping.MIB)  # fmt: skip
-        self.data_ref = ray.put(payload) if payload is not None else None
+            self.data_ref = await asyncio.to_thread(ray.put, payload)
+        del payload  # the object store holds it now, not the coordinator's heap
         self.training = SearchTraining.from_dict(job.search)
         if job.status is JobState.RUNNING:
             await self._search(trials)
@@ -389,14 +390,18 @@ class JobRunner:
             if left < 1:
                 raise WorkersDiedError(f"on trial {trial.id}", trial.attempts, None)
             result = await s.pool.run_with_retries(
-                attempt, attempts=left, what=f"on trial {trial.id}", slot=slot, on_lost=lost
-            )
+                attempt, attempts=left, what=f"on trial {trial.id}", slot=slot, on_lost=lost,
+                node_losses=s.settings.max_node_losses - node_lost,
+            )  # fmt: skip
         except WorkersDiedError as e:
             last = error_of(e.last)[1] if e.last is not None else "interrupted"
             exhausted, code = True, e.code
+            uncounted = sum(1 for e in current.lost_attempts if e.get("code") == "node_lost")
             message = (
                 f"gave up after {current.attempts} attempts (ESNAC_MAX_ATTEMPTS="
-                f"{s.settings.max_attempts}); the last: {last}"
+                f"{s.settings.max_attempts}"
+                + (f"; {uncounted} lost with their node, not counted" if uncounted else "")
+                + f"); the last: {last}"
             )
         except (StaleTrialError, UpdateFinishedTrialError):
             return

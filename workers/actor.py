@@ -83,7 +83,7 @@ class TrialWorker:
         self,
         ctx: dict[str, Any],
         teacher_weights: bytes | None = None,
-        data: dict[str, Any] | None = None,
+        data: list[Any] | None = None,
     ) -> str:
         """Cache a job's teacher and data (idempotent per `job_key`).
 
@@ -91,8 +91,9 @@ class TrialWorker:
             ctx: `dataclasses.asdict(JobContext)`, `teacher_weights` may be left out.
             teacher_weights: the teacher's safetensors bytes (pass the ObjectRef from `ray.put`
                 here, as a top-level argument, so Ray resolves it once per worker).
-            data: the job's dataset shipped by the coordinator (`workers.shipping.pack`, also
-                an ObjectRef); None: read this host's own copy (under its `ESNAC_DATA_DIR`).
+            data: `[ObjectRef]` of the job's dataset shipped by the coordinator
+                (`workers.shipping.pack`; fetched only when this host has no copy of its own),
+                or None.
 
         Returns:
             The worker's name.
@@ -119,12 +120,14 @@ class TrialWorker:
                 job = JobContext(**fields)
             except TypeError as exc:
                 raise BadSpecError(f"malformed job context: {exc}") from exc
-            job = dataclasses.replace(job, data_dir=shipping.worker_data_dir(job.data_dir))
-            if data is not None:
-                splits = shipping.load_shipped(job.dataset, data)
+            found, root = shipping.local_copy(job.dataset, job.data_dir)
+            splits = None
+            if found:  # this host has a copy: nothing is fetched
+                job = dataclasses.replace(job, data_dir=root)
+            elif data:
+                splits = shipping.load_shipped(job.dataset, ray.get(data[0]))
             else:
-                shipping.require_local(job.dataset, job.data_dir)
-                splits = None
+                shipping.require_local(job.dataset, job.data_dir)  # raises dataset_missing
             self._jobs[job.job_key] = prepare_job(job, device=self.device, splits=splits)
         return self.name()
 
@@ -201,8 +204,7 @@ class TrialWorker:
         progress = self._track("prepare")
         try:
             with guard("teacher training", wrap_all=True):
-                root = shipping.worker_data_dir(data_dir)
-                shipping.require_local(dataset, root)
+                root = shipping.require_local(dataset, data_dir)
                 res = train_teacher(
                     arch,
                     num_classes,
@@ -227,8 +229,7 @@ class TrialWorker:
         """Validation accuracy of teacher weights on the dataset's validation split (the
         measurement of an upload's checks, `workers.teacher_check`, on this worker's device)."""
         with guard("measure teacher", wrap_all=True):
-            root = shipping.worker_data_dir(data_dir)
-            shipping.require_local(dataset, root)
+            root = shipping.require_local(dataset, data_dir)
             model = zoo.load_teacher(arch, int(num_classes), weights)
             return measure_accuracy(model, dataset, root, self.device)
 

@@ -5,11 +5,12 @@ the spec there). Workers on other hosts may not. So, once per job:
 
 - the coordinator packs the dataset's files (`pack`: one `.npz`, or every regular file of an
   image folder) when they total at most `ESNAC_DATA_SHIP_MAX_MB`, and puts the payload in Ray's
-  object store; every worker of the job receives it (Ray moves it to each node once) and loads
-  it from a private temporary copy (`load_shipped`);
-- a larger dataset (or shipping turned off with `ESNAC_DATA_SHIP_MAX_MB=0`) is read from the
-  worker's own copy: the same relative path under the worker host's `ESNAC_DATA_DIR` (its own
-  environment; the coordinator's setting when the host has none);
+  object store; a worker without a copy of its own fetches it (Ray moves it to each node once)
+  and loads it from a private temporary copy (`load_shipped`);
+- a worker whose host has its own copy reads it and never fetches the shipped one: the same
+  relative path under the host's own `ESNAC_DATA_DIR` (its environment; the coordinator's
+  setting when the host has none); so does every worker of a larger dataset (or with shipping
+  turned off, `ESNAC_DATA_SHIP_MAX_MB=0`);
 - a worker that has neither fails with `DatasetMissingError` (code `dataset_missing`), naming its
   host and the path it looked at (`require_local`).
 
@@ -32,9 +33,9 @@ from workers.spec import BadSpecError, WorkerError
 __all__ = [
     "DatasetMissingError",
     "load_shipped",
+    "local_copy",
     "pack",
     "require_local",
-    "worker_data_dir",
 ]
 
 MIB = 1 << 20
@@ -47,9 +48,16 @@ class DatasetMissingError(WorkerError):
 
 
 def _files(root: Path) -> list[Path]:
-    """Regular files under a folder (symlinked ones too, but no symlinked directories)."""
+    """Regular files under a folder, symlinks followed as the loader follows them (each real
+    directory once, so a link loop ends)."""
     out: list[Path] = []
-    for dirpath, _dirs, names in os.walk(root):
+    seen: set[str] = set()
+    for dirpath, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
         out.extend(p for p in (Path(dirpath) / n for n in sorted(names)) if p.is_file())
     return sorted(out)
 
@@ -118,26 +126,31 @@ def load_shipped(spec: str, payload: dict[str, Any], seed: int = 0) -> Any:
     return splits
 
 
-def worker_data_dir(coordinator_dir: str | None) -> str | None:
-    """The data directory of this worker's host: its own `ESNAC_DATA_DIR` when set, else the
-    coordinator's (the same machine, or hosts configured alike)."""
-    return os.environ.get("ESNAC_DATA_DIR") or coordinator_dir
-
-
-def require_local(spec: str, root: str | None) -> None:
-    """Check that an unshipped `npz:` / `folder:` dataset exists on this host.
-
-    Raises:
-        DatasetMissingError: it does not; the message names the host and the path.
-    """
+def local_copy(spec: str, coordinator_dir: str | None) -> tuple[bool, str | None]:
+    """Whether this host has the dataset, and the data root to read it under: the host's own
+    `ESNAC_DATA_DIR` (its environment) when it has one, else the coordinator's (the same
+    machine, or hosts set up alike). Torchvision and bundled datasets always count as here."""
+    root = os.environ.get("ESNAC_DATA_DIR") or coordinator_dir
     kind, path, _options = parse_spec(spec)
     if kind not in ("npz", "folder"):
-        return
+        return True, root
     p = resolve_path(path, root)
-    if p.is_file() if kind == "npz" else p.is_dir():
-        return
+    return (p.is_file() if kind == "npz" else p.is_dir()), root
+
+
+def require_local(spec: str, coordinator_dir: str | None) -> str | None:
+    """The data root of this host's copy of the dataset (see `local_copy`).
+
+    Raises:
+        DatasetMissingError: this host has none; the message names the host and the paths.
+    """
+    found, root = local_copy(spec, coordinator_dir)
+    if found:
+        return root
+    _kind, path, _options = parse_spec(spec)
     raise DatasetMissingError(
-        f"dataset {spec!r} is not on worker host {socket.gethostname()!r}: {str(p)!r} does not "
+        f"dataset {spec!r} is not on worker host {socket.gethostname()!r}: "
+        f"{str(resolve_path(path, root))!r} does not "
         "exist, and the coordinator did not ship it (datasets over ESNAC_DATA_SHIP_MAX_MB are "
         "not shipped; 0 turns shipping off). Put a copy at that path under the host's "
         "ESNAC_DATA_DIR, or raise ESNAC_DATA_SHIP_MAX_MB"

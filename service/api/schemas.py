@@ -185,7 +185,7 @@ class EsnacOptions(_In):
         if isinstance(data, dict) and "preset" in data:
             data = dict(data)
             name = data.pop("preset")
-            if name not in _PRESETS:
+            if not isinstance(name, str) or name not in _PRESETS:
                 raise ValueError(f"unknown searcher preset {name!r}; known: {sorted(_PRESETS)}")
             data = {**_PRESETS[name], **data}
         return data

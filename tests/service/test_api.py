@@ -241,6 +241,7 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
         ({"teacher_id": teacher["id"], "per_step": 100000}, "less than or equal to 256"),
         ({"teacher_id": teacher["id"], "search": {"epochs": 0}}, "greater than or equal to 1"),
         ({"teacher_id": teacher["id"], "strategy": "rl"}, "esnac"),
+        ({"teacher_id": teacher["id"], "searcher": {"preset": ["paper"]}}, "unknown searcher"),
         ({"teacher_id": teacher["id"], "embedding_from": 5}, "not found"),
         ({"teacher_id": teacher["id"], "dataset": "cifar100"}, "has 100 classes"),
         ({"teacher_id": teacher["id"], "bogus": 1}, "Extra inputs"),

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from workers.data import load_dataset
-from workers.shipping import DatasetMissingError, load_shipped, pack, require_local
+from workers.shipping import DatasetMissingError, load_shipped, local_copy, pack, require_local
 from workers.spec import BadSpecError
 
 
@@ -68,7 +68,10 @@ def test_a_payload_of_another_dataset_or_with_escaping_paths_is_refused(tmp_path
     assert not (tmp_path.parent / "escape.png").exists()
 
 
-def test_a_worker_without_a_copy_names_its_host_and_path(tmp_path: Path) -> None:
+def test_a_worker_without_a_copy_names_its_host_and_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ESNAC_DATA_DIR", raising=False)
     np.savez(tmp_path / "here.npz", x=np.zeros((10, 8, 8, 3), np.uint8), y=np.arange(10) % 2)
     require_local("npz:here.npz", str(tmp_path))  # present: fine
     require_local("digits", None)  # bundled: fine
@@ -78,3 +81,35 @@ def test_a_worker_without_a_copy_names_its_host_and_path(tmp_path: Path) -> None
     assert socket.gethostname() in e.value.message
     assert str(tmp_path / "gone.npz") in e.value.message
     assert "ESNAC_DATA_SHIP_MAX_MB" in e.value.message
+
+
+def test_symlinked_folders_travel_as_the_loader_reads_them(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    for cls in ("cat", "dog"):
+        d = tmp_path / "real" / cls
+        d.mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (8, 8, 3), np.uint8)).save(d / f"{i}.png")
+    (tmp_path / "pets").mkdir()
+    (tmp_path / "pets" / "cat").symlink_to(tmp_path / "real" / "cat")
+    (tmp_path / "pets" / "dog").symlink_to(tmp_path / "real" / "dog")
+    (tmp_path / "real" / "cat" / "loop").symlink_to(tmp_path / "pets")  # a cycle ends
+    spec = f"folder:{tmp_path / 'pets'}?size=8"
+    payload = pack(spec, None, max_mb=1)
+    assert payload is not None and {r.split("/")[0] for r in payload["files"]} >= {"cat", "dog"}
+    assert _same(load_shipped(spec, payload), load_dataset(spec))
+
+
+def test_the_hosts_own_data_directory_comes_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "coordinator").mkdir()
+    (tmp_path / "host").mkdir()
+    np.savez(tmp_path / "coordinator" / "d.npz", x=np.zeros((4, 8, 8, 3), np.uint8), y=[0, 1, 0, 1])
+    monkeypatch.delenv("ESNAC_DATA_DIR", raising=False)
+    assert local_copy("npz:d.npz", str(tmp_path / "coordinator")) == (
+        True, str(tmp_path / "coordinator"))  # fmt: skip
+    monkeypatch.setenv("ESNAC_DATA_DIR", str(tmp_path / "host"))  # another disk: no copy here
+    assert local_copy("npz:d.npz", str(tmp_path / "coordinator")) == (False, str(tmp_path / "host"))
+    with pytest.raises(DatasetMissingError, match=str(tmp_path / "host" / "d.npz")):
+        require_local("npz:d.npz", str(tmp_path / "coordinator"))

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
+from embedding.graph import KINDS
 from embedding.options import ENCODER_HIDDEN, ENCODER_LAYERS
 from service.api.convert import job_public, trial_public
 from service.api.deps import (
@@ -123,6 +124,9 @@ def create_job(
     return out
 
 
+DENSE_COLUMNS = len(KINDS) + 6  # a row's columns before its connection vectors
+
+
 def _check_encoder(artifacts: ArtifactStore, repo: Repository, job_id: int, art_id: int) -> None:
     """A stored encoder can start another job's kernels when its LSTM has this server's shape
     (its row width may differ: it is mapped to the new teacher's, `adapt_encoder_state`)."""
@@ -134,6 +138,14 @@ def _check_encoder(artifacts: ArtifactStore, repo: Repository, job_id: int, art_
         ) from e
     hidden = shapes.get("lstm.weight_hh_l0", [0, 0])[-1]
     layers = sum(1 for k in shapes if k.startswith("lstm.weight_ih_l") and "reverse" not in k)
+    width = shapes.get("lstm.weight_ih_l0", [0, 0])[-1]
+    if width <= DENSE_COLUMNS or (width - DENSE_COLUMNS) % 2 or (
+        "lstm.weight_ih_l0_reverse" not in shapes
+    ):
+        raise _unprocessable(
+            f"embedding_from: job {job_id}'s stored encoder is not an ESNAC encoder (input "
+            f"width {width}, expected {DENSE_COLUMNS} + 2 x max_layers, both directions)"
+        )
     if (hidden, layers) != (ENCODER_HIDDEN, ENCODER_LAYERS):
         raise _unprocessable(
             f"embedding_from: job {job_id}'s encoder is an LSTM of {layers} layers x {hidden} "
