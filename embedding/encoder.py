@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from embedding.graph import KINDS
+from embedding.graph import DENSE_COLUMNS, KINDS
 
 __all__ = [
     "DEFAULT_TRANSFORM",
@@ -45,8 +45,6 @@ __all__ = [
 
 #: Column range of the six numeric features in a row of `CompressionSpace.encode`.
 NUMERIC_COLUMNS = slice(len(KINDS), len(KINDS) + 6)
-#: Columns before the connection vectors (kind one-hot + numbers): projected densely.
-DENSE_COLUMNS = len(KINDS) + 6
 INPUT_TRANSFORMS = ("raw", "log1p")
 #: log1p measured better than raw on the synthetic objective of tests/embedding/test_model.py
 #: (Spearman of held-out ranking; see benchmarks/results/proposal.json "transform" entry).

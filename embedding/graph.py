@@ -38,6 +38,9 @@ KINDS: tuple[str, ...] = (
     "BatchNorm2d",
     "Linear",
 )
+#: Columns of an encoded row before its connection vectors: the kind one-hot and six numbers
+#: (`CompressionSpace.encode`; the encoder projects them densely).
+DENSE_COLUMNS = len(KINDS) + 6
 
 #: Index used in `Layer.inputs` for the network input.
 INPUT = -1

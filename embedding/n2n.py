@@ -216,7 +216,8 @@ class N2NSearcher(Searcher):
         remove, shrink = self._policies()
         with torch.no_grad():
             if self.candidate_pool is not None:
-                return self._pick_from_pool(remove, shrink, n, exclude)
+                left = [a for a in self.candidate_pool if a.key not in exclude]
+                return self._pick_from_pool(remove, shrink, n, left)
             return self._sample(remove, shrink, n, exclude)
 
     def _sample(self, remove: _Policy, shrink: _Policy, n: int, exclude: set[str]) -> list[Action]:
@@ -247,10 +248,9 @@ class N2NSearcher(Searcher):
         return out
 
     def _pick_from_pool(
-        self, remove: _Policy, shrink: _Policy, n: int, exclude: set[str]
+        self, remove: _Policy, shrink: _Policy, n: int, left: list[Action]
     ) -> list[Action]:
-        assert self.candidate_pool is not None
-        left = [a for a in self.candidate_pool if a.key not in exclude]
+        """`n` of the unevaluated pool members `left`, by policy probability (Gumbel top-k)."""
         if not left:
             return []
         logp = torch.cat(

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from embedding.graph import KINDS
+from embedding.graph import DENSE_COLUMNS
 from embedding.options import ENCODER_HIDDEN, ENCODER_LAYERS
 from service.api.convert import job_public, trial_public
 from service.api.deps import (
@@ -122,9 +122,6 @@ def create_job(
     if scheduler is not None:
         scheduler.notify()
     return out
-
-
-DENSE_COLUMNS = len(KINDS) + 6  # a row's columns before its connection vectors
 
 
 def _check_encoder(artifacts: ArtifactStore, repo: Repository, job_id: int, art_id: int) -> None:
