@@ -138,8 +138,8 @@ def test_data_reaches_workers_without_the_coordinators_disk(
         ).start()  # fmt: skip
         with server.client() as client:
             teacher = upload_teacher(client)
-            jobs = {}
-            for name in ("small.npz", "big.npz"):
+            jobs, finished = {}, {}
+            for name in ("small.npz", "big.npz"):  # one job at a time
                 r = client.post("/v1/jobs", json={
                     "teacher_id": teacher, "strategy": "random", "steps": 1, "per_step": 1,
                     "dataset": f"npz:{name}", "top_k": 0,
@@ -147,14 +147,14 @@ def test_data_reaches_workers_without_the_coordinators_disk(
                 })  # fmt: skip
                 assert r.status_code == 201, r.text
                 jobs[name] = r.json()["id"]
-            for job_id in jobs.values():
-                wait_job(client, job_id, 180)
+                finished[name] = wait_job(client, jobs[name], 180)
             small = all_trials(client, jobs["small.npz"])
             big = all_trials(client, jobs["big.npz"])
     finally:
         c.shutdown()
-    assert [t["status"] for t in small] == ["succeeded"], (small, server.tail())
-    assert [(t["status"], t["error_code"]) for t in big] == [("failed", "dataset_missing")], big
+    assert [t["status"] for t in small] == ["succeeded"], (small, finished, server.tail())
+    assert [(t["status"], t["error_code"]) for t in big] == [("failed", "dataset_missing")], (
+        big, finished, server.tail())
     message = big[0]["error"]
     assert str(worker_data / "big.npz") in message and "worker host" in message, message
     assert "shipping dataset npz:small.npz" in server.tail(100_000)
