@@ -195,12 +195,14 @@ def fit_stack(
         raise ValueError(
             f"expected x k x B x T x D and y k x B for k={k}, got {x.shape}, {y.shape}"
         )
-    mask = torch.ones_like(y, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    dev = x.device  # y, mask and the kernel's parameters follow the encoded observations
+    y = y.to(dev)
+    mask = torch.ones_like(y, dtype=torch.bool) if mask is None else mask.to(dev, torch.bool)
     if int(mask.sum(-1).min()) < 2:
         raise ValueError("each kernel needs at least two observations to fit")
     y = _centre(y.to(torch.float64), mask)
-    log_alpha = torch.full((k,), math.log(s.alpha), dtype=torch.float64)
-    log_noise = torch.full((k,), math.log(s.noise), dtype=torch.float64)
+    log_alpha = torch.full((k,), math.log(s.alpha), dtype=torch.float64, device=dev)
+    log_noise = torch.full((k,), math.log(s.noise), dtype=torch.float64, device=dev)
     extra = []
     if s.learn_alpha:
         extra.append(log_alpha.requires_grad_())
@@ -227,7 +229,7 @@ def fit_stack(
             e = stack(rows, copies=active)
             u = to_unit_cube(e).to(torch.float64)
             kmat = embedding_covariance(u, u, log_alpha[active].exp())
-            eye = torch.eye(kmat.shape[-1], dtype=kmat.dtype)
+            eye = torch.eye(kmat.shape[-1], dtype=kmat.dtype, device=dev)
             kmat = kmat + log_noise[active].exp()[:, None, None] * eye
             return objective(kmat, y[active], mask[active])
 
@@ -241,8 +243,9 @@ def fit_stack(
         opt.step()
         with torch.no_grad():
             if bool(frozen.any()):
+                done = frozen.to(dev)
                 for p, keep in zip(enc_params + extra, saved, strict=True):
-                    p[frozen] = keep[frozen]
+                    p[done] = keep[done]
         for pos, j in enumerate(active):
             value = float(ll[pos].detach())
             report.steps[j] = step + 1
