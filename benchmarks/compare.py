@@ -23,6 +23,9 @@ is a file):
     python benchmarks/compare.py report                       # results, plot, students' manifest
     python benchmarks/compare.py all --setup quick            # everything on digits in ~2 minutes
 
+On a GPU machine, `train --device cuda` runs the same float32 recipe (~1-2 min a student on an
+H200, several at once); `ESNAC_CIFAR_NPZ=<path>` points at `train.npz` where `../shared` is absent.
+
 `--setup quick` runs the same code on scikit-learn's `digits` with tiny budgets (the CI test of
 the plumbing); its outputs stay in the cache. The full setup writes
 `benchmarks/results/compare.json`, `benchmarks/results/compare.png` and the students (ONNX with the
@@ -48,7 +51,9 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 METHODS = ("esnac", "random", "uniform", "torch_pruning", "compact", "scratch")
-CIFAR_NPZ = ROOT.parent.parent / "shared" / "data" / "cifar10" / "train.npz"
+# the 50k CIFAR-10 images (ESNAC_CIFAR_NPZ: elsewhere, e.g. on a lent GPU machine)
+CIFAR_NPZ = Path(os.environ.get("ESNAC_CIFAR_NPZ")
+                 or ROOT.parent.parent / "shared" / "data" / "cifar10" / "train.npz")  # fmt: skip
 STRONG_TEACHER = ROOT / "data" / "teachers" / "cifar10_resnet20.safetensors"
 TOLERANCE = 0.05  # matched parameter counts: within +-5 % of the target
 
@@ -306,8 +311,11 @@ def build_student(setup: Setup, method: str) -> torch.nn.Module:
 
 
 # ------------------------------------------------------------------------------------- train
-def train(setup: Setup, method: str, seed: int) -> dict[str, Any]:
-    """The final training of one student (cached): KD from the teacher, evaluation, export."""
+def train(setup: Setup, method: str, seed: int, device: str = "cpu") -> dict[str, Any]:
+    """The final training of one student (cached): KD from the teacher, evaluation, export.
+
+    The recipe is float32 on every device (no autocast), so a GPU run is the same training.
+    """
     from embedding.reward import model_flops, reward
     from workers.data import load_dataset
     from workers.export import state_to_safetensors, to_onnx
@@ -328,7 +336,9 @@ def train(setup: Setup, method: str, seed: int) -> dict[str, Any]:
     settings.setdefault("max_train_samples", None)
     t0 = time.perf_counter()
     load0 = _load()
-    res = distill(student, t_net, splits, SearchTraining(**settings), seed=seed, device="cpu")
+    res = distill(student, t_net, splits, SearchTraining(**settings), seed=seed, device=device,
+                  amp=False)  # fmt: skip
+    student.cpu()
     student.eval()
     params, t_params = _params(student), _params(t_net)
     mean, std = splits.train.mean.tolist(), splits.train.std.tolist()
@@ -342,7 +352,7 @@ def train(setup: Setup, method: str, seed: int) -> dict[str, Any]:
         "latency_ms": latency.median_ms, "latency_p10_ms": latency.p10_ms,
         "latency_p90_ms": latency.p90_ms, "seconds": time.perf_counter() - t0,
         "load_average": [load0, _load()], "normalization": {"mean": mean, "std": std},
-        "input_shape": list(splits.input_shape), "training": settings,
+        "input_shape": list(splits.input_shape), "training": settings, "device": device,
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".onnx").write_bytes(onnx)
@@ -368,7 +378,9 @@ def report(setup: Setup) -> dict[str, Any]:
             "seeds": [r["seed"] for r in mine],
             "accuracy_mean": statistics.fmean(accs),
             "accuracy_spread": (max(accs) - min(accs)) if len(accs) > 1 else None,
+            "accuracy_std": statistics.stdev(accs) if len(accs) > 1 else None,
             "accuracy": accs,
+            "devices": [r.get("device", "cpu") for r in mine],  # same float32 recipe on each
             "params": mine[0]["params"],
             "size_matched": None,
             "flops": mine[0]["flops"],
@@ -386,6 +398,16 @@ def report(setup: Setup) -> dict[str, Any]:
         target = searches["esnac"]["best"]["params"]
         for r in methods.values():  # within the tolerance of ESNAC's best student's size
             r["size_matched"] = abs(r["params"] - target) <= TOLERANCE * target
+    if "esnac" in methods:  # does ESNAC's mean beat each alternative's by more than the spread?
+        ours = methods["esnac"]
+        for m, r in methods.items():
+            if m == "esnac":
+                continue
+            gap = ours["accuracy_mean"] - r["accuracy_mean"]
+            spread = max(ours["accuracy_spread"] or 0.0, r["accuracy_spread"] or 0.0)
+            r["esnac_minus_this"] = gap
+            verdict = "esnac better" if gap > spread else "esnac worse" if -gap > spread else None
+            r["esnac_verdict"] = verdict or "within spread"
     summary = {
         "setup": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(setup).items()},
         "target_params": (_target(setup)["params"] if searches["esnac"] else None),
@@ -458,7 +480,7 @@ def _students(setup: Setup, runs: list[dict[str, Any]]) -> None:
             "safetensors": f"{stem}.safetensors", "params": r["params"], "flops": r["flops"],
             "validation_accuracy": r["accuracy"], "normalization": r["normalization"],
             "normalization_folded_into_onnx": True, "input_shape": r["input_shape"],
-            "input_range": [0.0, 1.0],
+            "input_range": [0.0, 1.0], "trained_on": r.get("device", "cpu"),
         })  # fmt: skip
     _write_json({"dataset": setup.dataset, "students": manifest},
                 setup.final_dir / "manifest.json")  # fmt: skip
@@ -495,6 +517,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("train", help="the final training of the students (cached)")
     p.add_argument("--method", choices=METHODS, action="append")
     p.add_argument("--seed", type=int, action="append")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda; float32 either way")
     sub.add_parser("report", help="aggregate the finished trainings")
     sub.add_parser("all", help="every stage in order")
     args = parser.parse_args(argv)
@@ -513,7 +536,7 @@ def main(argv: list[str] | None = None) -> None:
         seeds = getattr(args, "seed", None) or list(setup.seeds)
         for seed in seeds:
             for method in methods:
-                train(setup, method, seed)
+                train(setup, method, seed, getattr(args, "device", "cpu"))
     if args.stage in ("report", "all"):
         report(setup)
 
