@@ -78,7 +78,8 @@ def test_auto_workers_follow_nodes_that_join_and_leave_mid_job(
     assert _readyz(server)["nodes"] == "2"  # the head and one worker node
     with server.client() as c:
         teacher = upload_teacher(c)
-        job_id = submit_job(c, teacher, steps=6, per_step=2, samples=512, epochs=3)
+        job_id = submit_job(c, teacher, steps=6, per_step=2, samples=512, epochs=3,
+                            strategy="esnac")  # fmt: skip
 
         def running() -> int:
             page = c.get(f"/v1/jobs/{job_id}/trials", params={"status": "running"}).json()
