@@ -46,7 +46,7 @@ RESULTS = Path(__file__).parent / "results" / "proposal.json"
 
 
 def proposal_step(
-    space: CompressionSpace, seed: int, transform: str, options: EsnacOptions | None = None
+    space: CompressionSpace, seed: int, transform: str, options: EsnacOptions
 ) -> dict[str, float]:
     rng = np.random.default_rng(1000 + seed)
     observed = []
@@ -56,8 +56,7 @@ def proposal_step(
         if a.key not in keys:
             keys.add(a.key)
             observed.append(a)
-    opts = options or EsnacOptions.from_dict({"preset": "paper"})
-    searcher = EsnacSearcher(space, seed=seed, input_transform=transform, **opts.to_dict())
+    searcher = EsnacSearcher(space, seed=seed, input_transform=transform, **options.to_dict())
     searcher.observe(observed, rng.random(160).tolist())
     wall, cpu = time.perf_counter(), time.process_time()
     out = searcher.suggest(8)

@@ -196,11 +196,11 @@ def fit_stack(
             f"expected x k x B x T x D and y k x B for k={k}, got {x.shape}, {y.shape}"
         )
     dev = x.device  # y, mask and the kernel's parameters follow the encoded observations
-    y = y.to(dev)
+    y = y.to(dev, torch.float64)
     mask = torch.ones_like(y, dtype=torch.bool) if mask is None else mask.to(dev, torch.bool)
     if int(mask.sum(-1).min()) < 2:
         raise ValueError("each kernel needs at least two observations to fit")
-    y = _centre(y.to(torch.float64), mask)
+    y = _centre(y, mask)
     log_alpha = torch.full((k,), math.log(s.alpha), dtype=torch.float64, device=dev)
     log_noise = torch.full((k,), math.log(s.noise), dtype=torch.float64, device=dev)
     extra = []
