@@ -333,64 +333,118 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     if not all(f.exists() for f in parts):
         print("other shards still running: the last one to finish writes the summary")
         return
-    curves: dict[str, list[list[float]]] = {m: [] for m in methods}
-    seconds: dict[str, float] = {m: 0.0 for m in methods}
     loaded = [json.loads(f.read_text()) for f in parts]
-    loaded = [p for p in loaded if p["settings"] == run_settings]
-    for m in methods:
-        for seed in range(args.seeds):
-            got = [p for p in loaded if str(seed) in p["curves"].get(m, {})]
-            if not got:
-                print(f"seed {seed} of {m} not replayed yet: summary not written")
-                return
-            curves[m].append(got[0]["curves"][m][str(seed)])
-            seconds[m] += got[0]["seconds"][m][str(seed)]
+    summary = summarize([p for p in loaded if p["settings"] == run_settings], pool, esnac_kwargs)
+    (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
+    _plot(summary, args.out / f"{args.name}.png")
+    print(json.dumps({k: v for k, v in summary.items() if k != "methods"}, indent=2))
+    for m in summary["methods"]:
+        print(m, {k: v for k, v in summary["methods"][m].items() if k.startswith("at_")})
+
+
+def _mean_se(values: Any) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    se = float(arr.std(ddof=1) / math.sqrt(arr.size)) if arr.size > 1 else 0.0
+    return float(arr.mean()), se
+
+
+def summarize(
+    parts: list[dict[str, Any]], pool: dict[str, Any], esnac_kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """Every method and seed the shards' part files hold (replayed with the same settings),
+    each method over its own seeds: a variant replayed on fewer seeds than the headline
+    methods is reported with its own count and standard errors."""
+    from embedding.options import EsnacOptions
+
+    budget = parts[0]["settings"]["budget"]
+    curves: dict[str, dict[str, list[float]]] = {}
+    seconds: dict[str, dict[str, float]] = {}
+    for part in parts:
+        for m, by_seed in part["curves"].items():
+            curves.setdefault(m, {}).update(by_seed)
+            seconds.setdefault(m, {}).update(part["seconds"][m])
+    order = [m for m in (*METHODS, *sorted(curves)) if curves.get(m)]
+    methods = list(dict.fromkeys(order))
+    # the product's default options (what method "esnac" runs) and the row that replayed them:
+    # "esnac" itself, or the named variant whose options equal them (the study replays named
+    # variants, so that its rows keep their meaning when the defaults change)
+    default_opts = EsnacOptions.from_dict(esnac_kwargs).to_dict()
+    options = {
+        m: EsnacOptions.from_dict(_esnac_options(m, esnac_kwargs)).to_dict()
+        for m in methods
+        if m in VARIANTS
+    }
+    default = next((m for m in ("esnac", *options) if options.get(m) == default_opts), None)
     summary: dict[str, Any] = {
         "pool_size": len(pool["entries"]),
         "pool_best_reward": max(e["reward"] for e in pool["entries"]),
-        "budget": args.budget,
-        "per_step": args.per_step,
-        "seeds": args.seeds,
+        "budget": budget,
+        "per_step": parts[0]["settings"]["per_step"],
+        "seeds": max(len(curves[m]) for m in methods),
+        "seeds_per_method": {m: len(curves[m]) for m in methods},
         "esnac": esnac_kwargs,
         "variants": {m: VARIANTS[m] for m in methods if m in VARIANTS},
+        "product_default": {"method": default, "options": default_opts},
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "methods": {},
     }
+    marks = [k for k in (16, 32, 60, 100) if k <= budget]
     for m in methods:
-        arr = np.asarray(curves[m])
+        seeds = sorted(curves[m], key=int)
+        arr = np.asarray([curves[m][s] for s in seeds])
         mean = arr.mean(axis=0)
         se = arr.std(axis=0, ddof=1) / math.sqrt(arr.shape[0]) if arr.shape[0] > 1 else 0 * mean
         summary["methods"][m] = {
+            "seeds": len(seeds),
+            **({"options": options[m]} if m in options else {}),
             "mean": mean.tolist(),
             "se": se.tolist(),
-            "seconds_per_search": seconds[m] / args.seeds,
-            **{
-                f"at_{k}": [float(mean[k - 1]), float(se[k - 1])]
-                for k in (16, 32, 60, 100)
-                if k <= args.budget
-            },
+            "seconds_per_search": float(np.mean([seconds[m][s] for s in seeds])),
+            **{f"at_{k}": [float(mean[k - 1]), float(se[k - 1])] for k in marks},
         }
     if "random" in methods:
         # evaluations each method needs to reach random search's mean best at 60 / at the budget
         rnd = summary["methods"]["random"]["mean"]
-        marks = sorted({k for k in (60, args.budget) if k <= args.budget})
+        ends = sorted({k for k in (60, budget) if k <= budget})
         summary["evals_to_random_best"] = {
             m: {
                 str(k): next((i + 1 for i, v in enumerate(summary["methods"][m]["mean"])
                               if v >= rnd[k - 1]), None)  # fmt: skip
-                for k in marks
+                for k in ends
             }
             for m in methods
         }
-        if "esnac" in methods:
-            summary["esnac_evals_to_random_best_at_budget"] = summary["evals_to_random_best"][
-                "esnac"
-            ][str(args.budget)]
-    (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
-    _plot(summary, args.out / f"{args.name}.png")
-    print(json.dumps({k: v for k, v in summary.items() if k != "methods"}, indent=2))
-    for m in methods:
-        print(m, {k: v for k, v in summary["methods"][m].items() if k.startswith("at_")})
+        if default is not None:
+            summary["default_evals_to_random_best_at_budget"] = summary["evals_to_random_best"][
+                default
+            ][str(budget)]
+    # the product default's lead over each other method at each mark: the difference of the
+    # means with the standard error of the difference (independent runs: sqrt(se_a^2 +
+    # se_b^2)), and the same paired by seed over the seeds both have (a seed fixes the
+    # searchers' random streams, not a shared draw, so the unpaired figure is the one stated)
+    if default is not None:
+        leads: dict[str, Any] = {}
+        for m in methods:
+            if m == default:
+                continue
+            leads[m] = {}
+            for k in marks:
+                a, b = summary["methods"][default], summary["methods"][m]
+                diff = a[f"at_{k}"][0] - b[f"at_{k}"][0]
+                se_diff = math.hypot(a[f"at_{k}"][1], b[f"at_{k}"][1])
+                common = sorted(set(curves[default]) & set(curves[m]), key=int)
+                paired = [curves[default][s][k - 1] - curves[m][s][k - 1] for s in common]
+                p_mean, p_se = _mean_se(paired) if paired else (math.nan, math.nan)
+                leads[m][f"at_{k}"] = {
+                    "diff": diff,
+                    "se_diff": se_diff,
+                    "z": diff / se_diff if se_diff > 0 else None,
+                    "paired_diff": p_mean,
+                    "paired_se": p_se,
+                    "paired_seeds": len(common),
+                }
+        summary["default_lead"] = leads
+    return summary
 
 
 def cmd_diagnose(args: argparse.Namespace) -> None:

@@ -111,5 +111,22 @@ def test_simulate_writes_json_and_png(bench, space, tmp_path: Path) -> None:  # 
         assert all(math.isfinite(v) for v in stats["se"])
     best = max(e["reward"] for e in synthetic_pool(space)["entries"])
     assert summary["pool_best_reward"] == pytest.approx(best)
-    reach = summary["esnac_evals_to_random_best_at_budget"]
+    reach = summary["default_evals_to_random_best_at_budget"]
     assert reach is None or 1 <= reach <= 10
+    assert summary["product_default"]["method"] == "esnac"
+    assert summary["seeds_per_method"] == {m: 2 for m in summary["methods"]}
+    assert summary["default_lead"]["random"] == {}  # the budget (10) is below the first mark
+
+    # a variant replayed on fewer seeds joins the summary with its own count
+    args = argparse.Namespace(
+        seeds=1, budget=16, per_step=4, kernels=2, subset=0.5, threads=1, pool=pool_file,
+        out=tmp_path / "out16", shard=0, shards=1, name="study",
+        methods=["esnac_untrained", "random"],
+    )  # fmt: skip
+    bench.cmd_simulate(args)
+    args.seeds, args.methods = 2, ["random"]
+    bench.cmd_simulate(args)
+    summary = json.loads((tmp_path / "out16" / "study.json").read_text())
+    assert summary["seeds_per_method"] == {"esnac_untrained": 1, "random": 2}
+    assert summary["product_default"]["method"] is None  # no row replayed the defaults
+    assert summary["methods"]["esnac_untrained"]["options"]["train_encoder"] is False
