@@ -157,9 +157,10 @@ class LatencyIn(_In):
 
 
 class EsnacOptions(_In):
-    """Advanced knobs of the ESNAC searcher (defaults: the paper's; ignored by `random` and
-    `n2n`). `{"preset": "paper"}` asks for the paper's exact settings (other keys override
-    them); the job stores and shows the resulting values."""
+    """Advanced knobs of the ESNAC searcher (defaults: the paper's, except that the LSTM
+    encoder stays at its initialisation, `train_encoder` false; ignored by `random` and `n2n`).
+    `{"preset": "paper"}` asks for the paper's exact settings (other keys override them); the
+    job stores and shows the resulting values."""
 
     kernels: int = Field(default=_Esnac.kernels, ge=1, le=64)
     subset: float = Field(default=_Esnac.subset, gt=0, le=1)

@@ -118,9 +118,13 @@ def test_esnac_falls_back_to_random_below_two_observations(space: CompressionSpa
     assert s.last_fit is None
 
 
-def test_esnac_defaults_are_the_papers(space: CompressionSpace) -> None:
+def test_esnac_defaults_are_the_papers_but_for_the_untrained_lstm(
+    space: CompressionSpace,
+) -> None:
     s = EsnacSearcher(space)
     assert (s.kernels, s.subset, s.candidates) == (8, 0.5, 1000)
+    # the embedding study's choice (README "Results"): the LSTM keeps its initialisation
+    assert not s.train_encoder
     assert s.fit_settings == FitSettings()
     assert (s.fit_settings.alpha, s.fit_settings.noise, s.fit_settings.max_steps) == (
         0.01,

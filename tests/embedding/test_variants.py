@@ -48,26 +48,26 @@ def test_the_paper_preset_is_explicit_and_overridable() -> None:
 
 
 def test_warm_start_begins_each_step_from_the_last_learned_lstm(space: CompressionSpace) -> None:
-    warm = EsnacSearcher(space, seed=0, warm_start=True, **SMALL)  # type: ignore[arg-type]
+    warm = EsnacSearcher(space, seed=0, warm_start=True, train_encoder=True, **SMALL)  # type: ignore[arg-type]
     assert warm._start_weights() is None  # the first fit starts fresh
     _run(warm, space, 2)
     learned = warm.encoder_state()
     assert learned is not None and _same(warm._start_weights() or {}, learned)
-    cold = EsnacSearcher(space, seed=0, **SMALL)  # type: ignore[arg-type]
+    cold = EsnacSearcher(space, seed=0, train_encoder=True, **SMALL)  # type: ignore[arg-type]
     _run(cold, space, 2)
     assert cold._start_weights() is None
 
 
 def test_the_encoder_stays_fixed_below_the_threshold(space: CompressionSpace) -> None:
-    s = EsnacSearcher(space, seed=1, train_after=100, **SMALL)  # type: ignore[arg-type]
+    s = EsnacSearcher(space, seed=1, train_encoder=True, train_after=100, **SMALL)  # type: ignore[arg-type]
     _run(s, space, 2)  # 3 observations x subset 0.5 < 100: the LSTM keeps its initialisation
     init = EncoderStack(
         2, **s.encoder_config, generator=torch.Generator().manual_seed(0)
     ).encoder_state(0)
     fixed = s.encoder_state()
     assert fixed is not None and not _same(fixed, init)  # (another seed's initialisation)
-    t = EsnacSearcher(space, seed=1, train_after=1, **SMALL)  # type: ignore[arg-type]
-    u = EsnacSearcher(space, seed=1, train_after=100, **SMALL)  # type: ignore[arg-type]
+    t = EsnacSearcher(space, seed=1, train_encoder=True, train_after=1, **SMALL)  # type: ignore[arg-type]
+    u = EsnacSearcher(space, seed=1, train_encoder=True, train_after=100, **SMALL)  # type: ignore[arg-type]
     _run(t, space, 2)
     _run(u, space, 2)
     assert not _same(t.encoder_state() or {}, u.encoder_state() or {})  # trained vs fixed

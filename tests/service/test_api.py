@@ -259,11 +259,11 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
     r = client.post("/v1/jobs", json={"teacher_id": teacher["id"]}, headers=AUTH)
     assert r.status_code == 201, r.text
     job = r.json()
-    # the paper's defaults
+    # the paper's defaults, except the LSTM left untrained (the embedding study's evidence)
     assert (job["steps"], job["per_step"], job["top_k"]) == (20, 8, 4)
     assert job["search"]["epochs"] == 10 and job["full_training"]["epochs"] == 300
     assert job["searcher"] == {
-        "kernels": 8, "subset": 0.5, "candidates": 1000, "train_encoder": True,
+        "kernels": 8, "subset": 0.5, "candidates": 1000, "train_encoder": False,
         "warm_start": False, "train_after": 0, "pretrain": False,
     }  # fmt: skip
     assert job["status"] == "queued" and job["progress"]["total"] == 160
@@ -290,7 +290,8 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
     r = client.post("/v1/jobs", json={"teacher_id": teacher["id"],
                                       "searcher": {"preset": "paper", "subset": 1.0}},
                     headers=AUTH)  # fmt: skip
-    assert r.status_code == 201 and r.json()["searcher"] == {**job["searcher"], "subset": 1.0}
+    assert r.status_code == 201 and r.json()["searcher"] == {
+        **job["searcher"], "subset": 1.0, "train_encoder": True}  # fmt: skip
     r = client.post("/v1/jobs", json={"teacher_id": teacher["id"],
                                       "searcher": {"preset": "fast"}}, headers=AUTH)  # fmt: skip
     assert r.status_code == 422 and "unknown searcher preset" in r.text, r.text
@@ -381,3 +382,31 @@ def test_embedding_from_refuses_an_encoder_of_another_shape_naming_the_job(
         assert r.status_code == 422 and needle in r.text, r.text
         assert f"job {job['id']}" in r.text, r.text
     assert len(client.get("/v1/jobs").json()["items"]) == 3  # nothing stored
+
+    # an encoder of the right shape that never learned (the default searcher keeps the LSTM
+    # untrained) is refused; one from a job that trained it is reused, and so is one from a job
+    # that started from a learned encoder and kept it fixed (a transfer of a transfer)
+    untrained = client.post("/v1/jobs", json={"teacher_id": teacher["id"]}, headers=AUTH).json()
+    trained = client.post("/v1/jobs", json={"teacher_id": teacher["id"], "searcher": {
+        "train_encoder": True}}, headers=AUTH).json()  # fmt: skip
+    with s.session() as repo:
+        for j in (untrained, trained):
+            state = EncoderStack(1, 272).encoder_state(0)
+            repo.set_job_encoder(j["id"], store.write(repo, "encoder", save(state)).id)
+    s.dispose()
+    r = client.post("/v1/jobs", json={"teacher_id": teacher["id"],
+                                      "embedding_from": untrained["id"]}, headers=AUTH)  # fmt: skip
+    assert r.status_code == 422 and "was never trained" in r.text, r.text
+    assert f"job {untrained['id']}" in r.text and "train_encoder" in r.text, r.text
+    r = client.post("/v1/jobs", json={"teacher_id": teacher["id"],
+                                      "embedding_from": trained["id"]}, headers=AUTH)  # fmt: skip
+    assert r.status_code == 201, r.text
+    second = r.json()
+    assert second["searcher"]["train_encoder"] is False  # the transferred encoder, kept fixed
+    with s.session() as repo:
+        state = EncoderStack(1, 272).encoder_state(0)
+        repo.set_job_encoder(second["id"], store.write(repo, "encoder", save(state)).id)
+    s.dispose()
+    r = client.post("/v1/jobs", json={"teacher_id": teacher["id"],
+                                      "embedding_from": second["id"]}, headers=AUTH)  # fmt: skip
+    assert r.status_code == 201, r.text

@@ -94,7 +94,7 @@ def test_esnac_job_end_to_end(servers: list[Server], server_env, tmp_path: Path)
         "teacher_id": teacher["id"], "strategy": "esnac", "steps": 2, "per_step": 2,
         "search": {"epochs": 1, "max_train_samples": 256, "batch_size": 64},
         "top_k": 1, "full_training": {"epochs": 1, "batch_size": 64}, "seed": 0,
-        "searcher": {"kernels": 2, "candidates": 50},
+        "searcher": {"kernels": 2, "candidates": 50, "train_encoder": True},
     })  # fmt: skip
     assert r.status_code == 201, r.text
     job = _wait(c, f"/v1/jobs/{r.json()['id']}", _finished, 300)

@@ -29,7 +29,14 @@ from service.api.schemas import (
     TrialStatus,
 )
 from service.artifacts import ArtifactStore
-from service.db import JobState, NotFoundError, Repository, TeacherState, UpdateFinishedJobError
+from service.db import (
+    Job,
+    JobState,
+    NotFoundError,
+    Repository,
+    TeacherState,
+    UpdateFinishedJobError,
+)
 from service.db.storage import (
     BadCursorError,
     decode_cursor,
@@ -109,6 +116,7 @@ def create_job(
                     "learned encoder; use a succeeded esnac job"
                 )
             _check_encoder(artifacts, repo, src.id, src.encoder_id)
+            _check_learned(repo, src)
         # a latency reward without a target records the default one the workers use
         latency = body.latency or (LatencyIn() if body.reward == "latency" else None)
         job = repo.create_job(
@@ -149,6 +157,26 @@ def _check_encoder(artifacts: ArtifactStore, repo: Repository, job_id: int, art_
             f"hidden units, but this server's searcher uses {ENCODER_LAYERS} x {ENCODER_HIDDEN}: "
             "it cannot be reused; start without embedding_from"
         )
+
+
+def _check_learned(repo: Repository, src: Job) -> None:
+    """An encoder is worth reusing when it learned something: its job trained the LSTM
+    (`train_encoder`, the paper's way), pretrained it on free labels, or itself started from a
+    learned encoder (a transfer of a transfer). Since the default searcher keeps the LSTM at its
+    random initialisation, a job run with the defaults has nothing to pass on."""
+    job: Job | None = src
+    seen: set[int] = set()
+    while job is not None and job.id not in seen:
+        seen.add(job.id)
+        if job.searcher.get("train_encoder") or job.searcher.get("pretrain"):
+            return
+        job = repo.get_job(job.embedding_from) if job.embedding_from is not None else None
+    raise _unprocessable(
+        f"embedding_from: job {src.id}'s encoder was never trained (it ran with "
+        "train_encoder false, the default, and did not start from a learned encoder), so it "
+        "holds only a random initialisation; reuse a job run with searcher "
+        '{"train_encoder": true} or {"preset": "paper"}, or start without embedding_from'
+    )
 
 
 def _waiting(scheduler: Scheduler | None) -> str | None:
