@@ -535,10 +535,14 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
         "n2n": "N2N (reinforcement learning)",
         "random": "random search",
     }
+    default = summary.get("product_default", {}).get("method")
     for m, stats in summary["methods"].items():
         mean, se = np.asarray(stats["mean"]), np.asarray(stats["se"])
         x = np.arange(1, len(mean) + 1)
-        ax.plot(x, mean, label=labels.get(m, m))
+        label = labels.get(m, m) + (" = default" if m == default and m != "esnac" else "")
+        if stats.get("seeds", summary["seeds"]) != summary["seeds"]:
+            label += f" ({stats['seeds']} seeds)"
+        ax.plot(x, mean, label=label)
         ax.fill_between(x, mean - se, mean + se, alpha=0.25)
     ax.set_xlabel("evaluated architectures")
     ax.set_ylabel("best reward so far (mean ± s.e.)")

@@ -35,9 +35,10 @@ class EsnacOptions:
         candidates: random actions scored by Expected Improvement per kernel.
         train_encoder: fit the LSTM on the observations (the paper's way). Default False: keep
             it fixed -- at its random initialisation, pretrained (`pretrain`) or transferred
-            (`embedding_from`) -- and fit only the GP on its embedding. In replays of 100
-            evaluations on a 600-member CIFAR-10 pool the fixed random LSTM found better
-            students sooner than the trained one, at a third of the CPU (README, "Results").
+            (`embedding_from`) -- and condition the GP on the results in its embedding. In
+            replays of 100 evaluations on a 600-member CIFAR-10 pool the fixed random LSTM
+            found better students sooner than the trained one, at a third of the CPU (README,
+            "Results").
         warm_start: each step's kernels start from the previous step's learned LSTM instead
             of a fresh initialisation (variant of the embedding study; that LSTM lives in the
             searcher's state, so after a coordinator restart the next step starts fresh).

@@ -184,9 +184,9 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
     if full:
         body["full_training"] = full
     searcher: dict[str, Any] = {}
-    for opt, key in (("kernels", "kernels"), ("candidates", "candidates")):
+    for opt in ("preset", "kernels", "candidates", "train_encoder"):
         if getattr(args, opt, None) is not None:
-            searcher[key] = getattr(args, opt)
+            searcher[opt] = getattr(args, opt)
     if searcher:
         body["searcher"] = searcher
     return body

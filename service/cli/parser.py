@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from embedding.options import PRESETS
 from service.api.schemas import (
     EsnacOptions,
     FullTrainingIn,
@@ -108,6 +109,13 @@ def _add_search_options(parser: argparse.ArgumentParser, demo: bool = False) -> 
            type=_positive_int)  # fmt: skip
     option("--candidates", 200, EsnacOptions, "candidates",
            "ESNAC: random candidates scored per kernel", type=_positive_int)  # fmt: skip
+    option("--train-encoder", None, EsnacOptions, "train_encoder",
+           "ESNAC: train the LSTM encoder on the results, the paper's way (needed for a job "
+           "whose encoder --embedding-from will reuse)",
+           action=argparse.BooleanOptionalAction)  # fmt: skip
+    g.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="ESNAC: a named option set that the flags above override ('paper': the "
+                   "paper's exact settings)")  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

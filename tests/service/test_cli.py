@@ -140,6 +140,11 @@ def test_submit_body_only_sets_given_options() -> None:
     assert body["search"] == {"epochs": 2, "max_train_samples": 256, "augment": False}
     assert body["full_training"] == {"epochs": 5}
     assert body["searcher"] == {"kernels": 4}
+    args = build_parser().parse_args(
+        ["submit", "--teacher", "3", "--preset", "paper", "--no-train-encoder"])
+    assert job_body(args)["searcher"] == {"preset": "paper", "train_encoder": False}
+    args = build_parser().parse_args(["submit", "--teacher", "3", "--train-encoder"])
+    assert job_body(args)["searcher"] == {"train_encoder": True}
     assert body["dataset"] == "digits" and body["embedding_from"] == 7 and "latency" not in body
     args = build_parser().parse_args(
         ["submit", "--teacher", "3", "--reward", "latency_target", "--latency", "torch-cpu",
