@@ -131,11 +131,12 @@ def cmd_pool(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     weights, meta = _teacher(args.teacher)
-    teacher = zoo.build("resnet20", 10)
+    arch = meta.get("arch", "resnet20")
+    teacher = zoo.build(arch, 10)
     load_state_safetensors(teacher, weights)
     space = CompressionSpace.for_teacher(teacher)
     settings = {
-        "teacher": "resnet20",
+        "teacher": arch,
         "teacher_accuracy": meta["accuracy"],
         "dataset": "cifar10 train.npz, 45k/5k split; KD on the first "
         f"{args.train_samples} training images",
@@ -171,13 +172,13 @@ def cmd_pool(args: argparse.Namespace) -> None:
     done = {e["key"] for e in pool.get("entries", [])}
     ctx = JobContext(
         job_key="pool",
-        teacher_arch="resnet20",
+        teacher_arch=arch,
         num_classes=10,
         teacher_weights=weights,
         teacher_accuracy=float(meta["accuracy"]),
         dataset=_dataset(args.npz),
     )
-    state = prepare_job(ctx, device="cpu")
+    state = prepare_job(ctx, device=args.device)
     training = SearchTraining(**settings["training"])  # type: ignore[arg-type]
     deadline = time.monotonic() + args.budget_minutes * 60
     for k, action in enumerate(actions):
@@ -190,7 +191,7 @@ def cmd_pool(args: argparse.Namespace) -> None:
         spec = TrialSpec(
             trial_id=k, action=action.to_dict(), seed=k, training=training, return_weights=False
         )
-        res = run_trial(ctx, spec, cache=state)
+        res = run_trial(ctx, spec, device=args.device, cache=state)
         stored = _append_entry(
             args.pool,
             settings,
@@ -228,12 +229,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "esnac": {},  # the product's defaults
     "esnac_paper": {"preset": "paper"},
     "esnac_untrained": {"train_encoder": False},
-    "esnac_warm": {"warm_start": True},
-    "esnac_pretrain": {"pretrain": True},
-    "esnac_threshold": {"train_after": 25},  # the LSTM trains once a kernel expects 25 results
-    "esnac_gamma1": {"subset": 1.0},
+    # the variants of a *trained* LSTM name it: the default keeps the LSTM untrained
+    "esnac_warm": {"train_encoder": True, "warm_start": True},
+    "esnac_pretrain": {"train_encoder": True, "pretrain": True},
+    # the LSTM trains once a kernel expects 25 results
+    "esnac_threshold": {"train_encoder": True, "train_after": 25},
+    "esnac_gamma1": {"train_encoder": True, "subset": 1.0},
 }
-METHODS = (*VARIANTS, "n2n", "random")
+#: Transfer (issue 18): an encoder learned by an ESNAC search on another pool (`encoders`
+#: stage), mapped to this pool's row width, kept fixed (the paper's transfer) or trained from.
+TRANSFER = {"transfer_fixed": False, "transfer_trained": True}
+METHODS = (*VARIANTS, *TRANSFER, "n2n", "random")
 
 
 def _esnac_options(method: str, esnac_kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -254,8 +260,24 @@ def simulate_one(
     budget: int,
     per_step: int,
     esnac_kwargs: dict[str, Any],
+    encoders: list[dict[str, torch.Tensor]] | None = None,
 ) -> list[float]:
-    """Run one search on the pool; return the reward of each evaluation in order."""
+    """Run one search on the pool; return the reward of each evaluation in order (a transfer
+    method starts from `encoders[seed % len(encoders)]`)."""
+    return _replay(method, pool, space, seed, budget, per_step, esnac_kwargs, encoders)[1]
+
+
+def _replay(
+    method: str,
+    pool: dict[str, Any],
+    space: Any,
+    seed: int,
+    budget: int,
+    per_step: int,
+    esnac_kwargs: dict[str, Any],
+    encoders: list[dict[str, torch.Tensor]] | None = None,
+) -> tuple[Any, list[float]]:
+    """`simulate_one`, also returning the searcher (its learned encoder, for `encoders`)."""
     from embedding import Action, RandomSearcher
     from embedding.n2n import N2NSearcher
     from embedding.search import EsnacSearcher
@@ -271,6 +293,16 @@ def simulate_one(
         searcher = RandomSearcher(space, seed=seed, candidate_pool=members)
     elif method == "n2n":  # one policy update per step; picks members by policy probability
         searcher = N2NSearcher(space, seed=seed, batch=per_step, candidate_pool=members)
+    elif method in TRANSFER:
+        from embedding.encoder import adapt_encoder_state
+
+        if not encoders:
+            raise SystemExit(f"{method} needs --encoders (a directory the `encoders` stage made)")
+        init = adapt_encoder_state(encoders[seed % len(encoders)], space.row_size)
+        opts = {**esnac_kwargs, "train_encoder": TRANSFER[method]}
+        searcher = EsnacSearcher(
+            space, seed=seed, candidate_pool=members, encoder_init=init, **opts
+        )
     else:
         opts = _esnac_options(method, esnac_kwargs)
         searcher = EsnacSearcher(space, seed=seed, candidate_pool=members, **opts)
@@ -280,20 +312,87 @@ def simulate_one(
         got = [by_key[a.key]["reward"] for a in picks]
         searcher.observe(picks, got)
         rewards.extend(got)
-    return rewards
+    return searcher, rewards
 
 
-def cmd_simulate(args: argparse.Namespace) -> None:
+def _pool_space(pool: dict[str, Any]) -> Any:
+    """The compression space of the pool's teacher (its architecture, from the settings)."""
     from embedding import CompressionSpace
     from workers import zoo
+
+    arch = pool["settings"].get("teacher", "resnet20")
+    space = CompressionSpace.for_teacher(zoo.build(arch, 10))
+    if space.fingerprint != pool["settings"]["space_fingerprint"]:
+        raise SystemExit(f"the pool was made for another {arch} graph")
+    return space
+
+
+def _load_encoders(directory: Path | None) -> tuple[list[dict[str, torch.Tensor]], list[str]]:
+    """The encoders the `encoders` stage stored (as the service stores a job's), in seed order,
+    with a short digest of each for the run's settings."""
+    import hashlib
+
+    from safetensors.torch import load
+
+    if directory is None:
+        return [], []
+    files = sorted(directory.glob("seed*.safetensors"), key=lambda f: int(f.stem[4:]))
+    if not files:
+        raise SystemExit(f"no seed*.safetensors in {directory}: run the `encoders` stage first")
+    blobs = [f.read_bytes() for f in files]
+    digests = [
+        f"{f.name}:{hashlib.sha256(b).hexdigest()[:12]}"
+        for f, b in zip(files, blobs, strict=True)
+    ]
+    return [load(b) for b in blobs], digests
+
+
+def cmd_encoders(args: argparse.Namespace) -> None:
+    """Learn encoders to transfer: one ESNAC search per seed on a pool (`--method`, default the
+    paper preset: the LSTM trained at every step), each search's last learned encoder (its best
+    kernel's, what the service stores for a job) written as `seed<S>.safetensors`; resumable."""
+    from safetensors.torch import save
 
     torch.set_num_threads(args.threads)
     pool = _load_pool(args.pool)
     if not pool.get("entries"):
         raise SystemExit("the pool is empty: run the `pool` stage first")
-    space = CompressionSpace.for_teacher(zoo.build("resnet20", 10))
-    if space.fingerprint != pool["settings"]["space_fingerprint"]:
-        raise SystemExit("the pool was made for another resnet20 graph")
+    space = _pool_space(pool)
+    esnac_kwargs = {"kernels": args.kernels, "subset": args.subset}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    for seed in range(args.seeds):
+        path = args.out_dir / f"seed{seed}.safetensors"
+        if path.exists():
+            continue
+        searcher, _ = _replay(args.method, pool, space, seed, args.budget, args.per_step,
+                              esnac_kwargs)  # fmt: skip
+        state = searcher.encoder_state() if hasattr(searcher, "encoder_state") else None
+        if state is None:
+            raise SystemExit(f"{args.method} learned no encoder in {args.budget} evaluations")
+        blob = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(blob)
+        os.replace(tmp, path)
+        print(f"seed {seed}: {args.method} encoder -> {path}", flush=True)
+    card = {
+        "pool": str(args.pool.name),
+        "teacher": pool["settings"].get("teacher", "resnet20"),
+        "method": args.method,
+        "options": _esnac_options(args.method, esnac_kwargs) if args.method in VARIANTS else {},
+        "budget": args.budget,
+        "per_step": args.per_step,
+        "seeds": args.seeds,
+    }
+    (args.out_dir / "encoders.json").write_text(json.dumps(card, indent=1) + "\n")
+
+
+def cmd_simulate(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    pool = _load_pool(args.pool)
+    if not pool.get("entries"):
+        raise SystemExit("the pool is empty: run the `pool` stage first")
+    space = _pool_space(pool)
+    encoders, digests = _load_encoders(args.encoders)
     methods = list(args.methods)
     esnac_kwargs = {"kernels": args.kernels, "subset": args.subset}
     shard, shards = args.shard, args.shards
@@ -307,6 +406,8 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         "esnac": esnac_kwargs,
         "pool_keys": sorted(e["key"] for e in pool["entries"]),
     }
+    if digests:  # (absent without --encoders, so that earlier runs' part files still match)
+        run_settings["encoders"] = digests
     part: dict[str, Any] = {
         "settings": run_settings,
         "curves": {m: {} for m in methods},
@@ -324,7 +425,9 @@ def cmd_simulate(args: argparse.Namespace) -> None:
             if str(seed) in part["curves"][m]:
                 continue
             t0 = time.perf_counter()
-            rewards = simulate_one(m, pool, space, seed, args.budget, args.per_step, esnac_kwargs)
+            rewards = simulate_one(
+                m, pool, space, seed, args.budget, args.per_step, esnac_kwargs, encoders
+            )
             part["seconds"][m][str(seed)] = time.perf_counter() - t0
             part["curves"][m][str(seed)] = _best_so_far(rewards)
             _write_json(part, part_file)
@@ -376,6 +479,7 @@ def summarize(
     }
     default = next((m for m in ("esnac", *options) if options.get(m) == default_opts), None)
     summary: dict[str, Any] = {
+        "teacher": pool["settings"].get("teacher", "resnet20"),
         "pool_size": len(pool["entries"]),
         "pool_best_reward": max(e["reward"] for e in pool["entries"]),
         "budget": budget,
@@ -455,18 +559,17 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     compression C alone (a one-number "model")."""
     from scipy.stats import spearmanr
 
-    from embedding import Action, CompressionSpace
+    from embedding import Action
     from embedding.encoder import EncoderStack
     from embedding.kernel import to_unit_cube
     from embedding.model import build_gp, fit_stack
-    from workers import zoo
 
     torch.set_num_threads(args.threads)
     pool = _load_pool(args.pool)
     entries = pool.get("entries", [])
     if len(entries) < max(args.sizes) + 10:
         raise SystemExit(f"the pool holds {len(entries)} entries: too few for --sizes")
-    space = CompressionSpace.for_teacher(zoo.build("resnet20", 10))
+    space = _pool_space(pool)
     rows = space.encode([Action.from_json(e["action"]) for e in entries])
     reward = np.asarray([e["reward"] for e in entries])
     comp = np.asarray([e["compression"] for e in entries])
@@ -532,6 +635,8 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
         "esnac_pretrain": "ESNAC, LSTM pretrained on free labels",
         "esnac_threshold": "ESNAC, LSTM trained from 25 results per kernel",
         "esnac_gamma1": "ESNAC, gamma = 1",
+        "transfer_fixed": "ESNAC, transferred encoder (fixed)",
+        "transfer_trained": "ESNAC, trained from a transferred encoder",
         "n2n": "N2N (reinforcement learning)",
         "random": "random search",
     }
@@ -546,7 +651,8 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
         ax.fill_between(x, mean - se, mean + se, alpha=0.25)
     ax.set_xlabel("evaluated architectures")
     ax.set_ylabel("best reward so far (mean ± s.e.)")
-    ax.set_title(f"resnet20 / CIFAR-10 pool of {summary['pool_size']}, {summary['seeds']} seeds")
+    teacher = summary.get("teacher", "resnet20")
+    ax.set_title(f"{teacher} / CIFAR-10 pool of {summary['pool_size']}, {summary['seeds']} seeds")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -599,7 +705,21 @@ def main() -> None:
         default=1,
         help="run several processes (e.g. 2 x --threads 1) that share the table under a lock",
     )
+    p.add_argument("--device", default="cpu", help="cpu, cuda, ... (the search-time training)")
     p.set_defaults(func=cmd_pool)
+    p = sub.add_parser(
+        "encoders", help="learn encoders to transfer: one ESNAC search per seed on a pool"
+    )
+    p.add_argument("--pool", type=Path, default=POOL_FILE)
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--method", default="esnac_paper", choices=sorted(VARIANTS))
+    p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--budget", type=int, default=100)
+    p.add_argument("--per-step", type=int, default=8)
+    p.add_argument("--kernels", type=int, default=8)
+    p.add_argument("--subset", type=float, default=0.5)
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_encoders)
     p = sub.add_parser("simulate", help="replay searches on the pool")
     p.add_argument("--seeds", type=int, default=20)
     p.add_argument("--budget", type=int, default=60)
@@ -621,7 +741,13 @@ def main() -> None:
         nargs="+",
         choices=METHODS,
         default=["esnac", "esnac_untrained", "random"],
-        help="searchers to replay (ESNAC variants, n2n, random)",
+        help="searchers to replay (ESNAC variants, transfer_*, n2n, random)",
+    )
+    p.add_argument(
+        "--encoders",
+        type=Path,
+        default=None,
+        help="for transfer_fixed / transfer_trained: a directory of the `encoders` stage",
     )
     p.add_argument(
         "--name",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from embedding import CompressionSpace
 from workers import zoo
@@ -94,7 +95,7 @@ def test_simulate_writes_json_and_png(bench, space, tmp_path: Path) -> None:  # 
     for shard in (0, 1):  # two shards, as two processes would run them; the last one merges
         args = argparse.Namespace(
             seeds=2, budget=10, per_step=4, kernels=2, subset=0.5, threads=1,
-            pool=pool_file, out=out, shard=shard, shards=2, name="study",
+            pool=pool_file, out=out, shard=shard, shards=2, name="study", encoders=None,
             methods=["esnac", "esnac_untrained", "n2n", "random"],
         )  # fmt: skip
         bench.cmd_simulate(args)
@@ -120,7 +121,7 @@ def test_simulate_writes_json_and_png(bench, space, tmp_path: Path) -> None:  # 
     # a variant replayed on fewer seeds joins the summary with its own count
     args = argparse.Namespace(
         seeds=1, budget=16, per_step=4, kernels=2, subset=0.5, threads=1, pool=pool_file,
-        out=tmp_path / "out16", shard=0, shards=1, name="study",
+        out=tmp_path / "out16", shard=0, shards=1, name="study", encoders=None,
         methods=["esnac_untrained", "random"],
     )  # fmt: skip
     bench.cmd_simulate(args)
@@ -128,5 +129,67 @@ def test_simulate_writes_json_and_png(bench, space, tmp_path: Path) -> None:  # 
     bench.cmd_simulate(args)
     summary = json.loads((tmp_path / "out16" / "study.json").read_text())
     assert summary["seeds_per_method"] == {"esnac_untrained": 1, "random": 2}
-    assert summary["product_default"]["method"] is None  # no row replayed the defaults
+    # no "esnac" row: the named variant whose options are today's defaults stands for them
+    assert summary["product_default"]["method"] == "esnac_untrained"
+    assert set(summary["default_lead"]) == {"random"}
     assert summary["methods"]["esnac_untrained"]["options"]["train_encoder"] is False
+
+
+def test_transfer_replay_starts_from_encoders_learned_on_another_teacher(  # type: ignore[no-untyped-def]
+    bench, space, tmp_path: Path
+) -> None:
+    """Issue 18's replay: encoders learned by ESNAC searches on a resnet20 pool, stored as the
+    service stores a job's, start searches on a resnet56 pool (wider rows: more than 128
+    layers), kept fixed or trained from."""
+    from safetensors.torch import load
+
+    from embedding.encoder import adapt_encoder_state
+
+    src = tmp_path / "pool20.json"
+    src.write_text(json.dumps(synthetic_pool(space)))
+    enc_dir = tmp_path / "encoders"
+    args = argparse.Namespace(
+        pool=src, out_dir=enc_dir, method="esnac_gamma1", seeds=2, budget=12, per_step=4,
+        kernels=2, subset=0.5, threads=1,
+    )  # fmt: skip
+    bench.cmd_encoders(args)
+    files = sorted(enc_dir.glob("seed*.safetensors"))
+    assert [f.name for f in files] == ["seed0.safetensors", "seed1.safetensors"]
+    card = json.loads((enc_dir / "encoders.json").read_text())
+    assert card["teacher"] == "resnet20" and card["options"]["train_encoder"] is True
+    before = [f.stat().st_mtime_ns for f in files]
+    bench.cmd_encoders(args)  # resumable: finished seeds are kept
+    assert [f.stat().st_mtime_ns for f in files] == before
+
+    deep = CompressionSpace.for_teacher(zoo.build("resnet56", 10))
+    assert deep.row_size > space.row_size
+    pool56 = synthetic_pool(deep)
+    pool56["settings"]["teacher"] = "resnet56"
+    encoders, digests = bench._load_encoders(enc_dir)
+    assert len(encoders) == 2 and all(d.startswith("seed") for d in digests)
+    kwargs = {"kernels": 2, "subset": 0.5, "candidates": 100}
+    fixed, rewards = bench._replay("transfer_fixed", pool56, deep, 1, 12, 4, kwargs, encoders)
+    assert len(set(rewards)) == 12  # unevaluated pool members only
+    start = adapt_encoder_state(load(files[1].read_bytes()), deep.row_size)  # seed 1 -> file 1
+    learned = fixed.encoder_state()
+    assert learned is not None and all(torch.equal(learned[k], start[k]) for k in start)
+    trained, _ = bench._replay("transfer_trained", pool56, deep, 1, 12, 4, kwargs, encoders)
+    moved = trained.encoder_state()
+    assert moved is not None and not all(torch.equal(moved[k], start[k]) for k in start)
+
+    pool_file = tmp_path / "pool56.json"
+    pool_file.write_text(json.dumps(pool56))
+    args = argparse.Namespace(
+        seeds=2, budget=8, per_step=4, kernels=2, subset=0.5, threads=1, pool=pool_file,
+        out=tmp_path / "out", shard=0, shards=1, name="transfer", encoders=enc_dir,
+        methods=["transfer_fixed", "esnac_untrained", "random"],
+    )  # fmt: skip
+    bench.cmd_simulate(args)
+    summary = json.loads((tmp_path / "out" / "transfer.json").read_text())
+    assert summary["teacher"] == "resnet56"
+    assert set(summary["methods"]) == {"transfer_fixed", "esnac_untrained", "random"}
+    part = json.loads((tmp_path / "out" / "transfer.part0of1.json").read_text())
+    assert part["settings"]["encoders"] == digests
+    args.encoders = None
+    with pytest.raises(SystemExit, match="needs --encoders"):
+        bench.cmd_simulate(argparse.Namespace(**{**vars(args), "name": "x"}))
