@@ -29,6 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
+from embedding.options import PRESETS  # noqa: E402
 from embedding.search import EsnacSearcher  # noqa: E402
 from embedding.space import Action, CompressionSpace  # noqa: E402
 from workers import zoo  # noqa: E402
@@ -78,7 +79,9 @@ def proposal_step(device: str, observations: int, candidates: int, seed: int = 0
     while len(observed) < observations:
         a = space.sample(rng)
         observed.setdefault(a.key, a)
-    searcher = EsnacSearcher(space, seed=seed, candidates=candidates, device=device)
+    # the paper preset: the LSTM trained (the product default keeps it untrained, no fit steps)
+    paper = {**PRESETS["paper"], "candidates": candidates}
+    searcher = EsnacSearcher(space, seed=seed, device=device, **paper)
     searcher.observe(list(observed.values()), rng.random(observations).tolist())
     t0 = time.perf_counter()
     picks = searcher.suggest(8)

@@ -359,7 +359,24 @@ def cmd_encoders(args: argparse.Namespace) -> None:
         raise SystemExit("the pool is empty: run the `pool` stage first")
     space = _pool_space(pool)
     esnac_kwargs = {"kernels": args.kernels, "subset": args.subset}
+    options = _esnac_options(args.method, esnac_kwargs)
+    if not (options.get("train_encoder") or options.get("pretrain")):
+        raise SystemExit(f"{args.method} does not train its encoder: nothing to transfer")
+    card = {
+        "pool": str(args.pool.name),
+        "teacher": pool["settings"].get("teacher", "resnet20"),
+        "method": args.method,
+        "options": options,
+        "budget": args.budget,
+        "per_step": args.per_step,
+    }
+    card_file = args.out_dir / "encoders.json"
+    if card_file.exists():  # resume: only with the settings the stored encoders were made with
+        old = {k: v for k, v in json.loads(card_file.read_text()).items() if k != "seeds"}
+        if old != card:
+            raise SystemExit(f"{args.out_dir} holds encoders made with {old}; use another dir")
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    card_file.write_text(json.dumps({**card, "seeds": args.seeds}, indent=1) + "\n")
     for seed in range(args.seeds):
         path = args.out_dir / f"seed{seed}.safetensors"
         if path.exists():
@@ -374,16 +391,6 @@ def cmd_encoders(args: argparse.Namespace) -> None:
         tmp.write_bytes(blob)
         os.replace(tmp, path)
         print(f"seed {seed}: {args.method} encoder -> {path}", flush=True)
-    card = {
-        "pool": str(args.pool.name),
-        "teacher": pool["settings"].get("teacher", "resnet20"),
-        "method": args.method,
-        "options": _esnac_options(args.method, esnac_kwargs) if args.method in VARIANTS else {},
-        "budget": args.budget,
-        "per_step": args.per_step,
-        "seeds": args.seeds,
-    }
-    (args.out_dir / "encoders.json").write_text(json.dumps(card, indent=1) + "\n")
 
 
 def cmd_simulate(args: argparse.Namespace) -> None:
@@ -437,7 +444,14 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         print("other shards still running: the last one to finish writes the summary")
         return
     loaded = [json.loads(f.read_text()) for f in parts]
-    summary = summarize([p for p in loaded if p["settings"] == run_settings], pool, esnac_kwargs)
+    loaded = [p for p in loaded if p["settings"] == run_settings]
+    for m in methods:  # the methods asked for now must be complete; others join as they are
+        missing = [s for s in range(args.seeds) if not any(str(s) in p["curves"].get(m, {})
+                                                           for p in loaded)]  # fmt: skip
+        if missing:
+            print(f"seeds {missing} of {m} not replayed yet: summary not written")
+            return
+    summary = summarize(loaded, pool, esnac_kwargs)
     (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1) + "\n")
     _plot(summary, args.out / f"{args.name}.png")
     print(json.dumps({k: v for k, v in summary.items() if k != "methods"}, indent=2))
@@ -542,7 +556,7 @@ def summarize(
                 leads[m][f"at_{k}"] = {
                     "diff": diff,
                     "se_diff": se_diff,
-                    "z": diff / se_diff if se_diff > 0 else None,
+                    "z": diff / se_diff if se_diff > 1e-12 else None,  # (both converged)
                     "paired_diff": p_mean,
                     "paired_se": p_se,
                     "paired_seeds": len(common),
@@ -740,7 +754,7 @@ def main() -> None:
         "--methods",
         nargs="+",
         choices=METHODS,
-        default=["esnac", "esnac_untrained", "random"],
+        default=["esnac_paper", "esnac_untrained", "random"],
         help="searchers to replay (ESNAC variants, transfer_*, n2n, random)",
     )
     p.add_argument(

@@ -160,6 +160,10 @@ def test_transfer_replay_starts_from_encoders_learned_on_another_teacher(  # typ
     before = [f.stat().st_mtime_ns for f in files]
     bench.cmd_encoders(args)  # resumable: finished seeds are kept
     assert [f.stat().st_mtime_ns for f in files] == before
+    with pytest.raises(SystemExit, match="holds encoders made with"):  # not with other settings
+        bench.cmd_encoders(argparse.Namespace(**{**vars(args), "budget": 16}))
+    with pytest.raises(SystemExit, match="does not train its encoder"):
+        bench.cmd_encoders(argparse.Namespace(**{**vars(args), "method": "esnac_untrained"}))
 
     deep = CompressionSpace.for_teacher(zoo.build("resnet56", 10))
     assert deep.row_size > space.row_size

@@ -163,7 +163,9 @@ def _check_learned(repo: Repository, src: Job) -> None:
     """An encoder is worth reusing when it learned something: its job trained the LSTM
     (`train_encoder`, the paper's way), pretrained it on free labels, or itself started from a
     learned encoder (a transfer of a transfer). Since the default searcher keeps the LSTM at its
-    random initialisation, a job run with the defaults has nothing to pass on."""
+    random initialisation, a job run with the defaults has nothing to pass on. (A job that asked
+    for training but whose `train_after` was never reached is accepted: its options say it
+    learns, and the threshold depends on how many results it got.)"""
     job: Job | None = src
     seen: set[int] = set()
     while job is not None and job.id not in seen:
