@@ -252,19 +252,9 @@ def _esnac_options(method: str, esnac_kwargs: dict[str, Any]) -> dict[str, Any]:
     return {**esnac_kwargs, **variant}
 
 
-def simulate_one(
-    method: str,
-    pool: dict[str, Any],
-    space: Any,
-    seed: int,
-    budget: int,
-    per_step: int,
-    esnac_kwargs: dict[str, Any],
-    encoders: list[dict[str, torch.Tensor]] | None = None,
-) -> list[float]:
-    """Run one search on the pool; return the reward of each evaluation in order (a transfer
-    method starts from `encoders[seed % len(encoders)]`)."""
-    return _replay(method, pool, space, seed, budget, per_step, esnac_kwargs, encoders)[1]
+def simulate_one(*args: Any, **kwargs: Any) -> list[float]:
+    """Run one search on the pool (`_replay`'s arguments); the reward of each evaluation."""
+    return _replay(*args, **kwargs)[1]
 
 
 def _replay(
@@ -277,7 +267,9 @@ def _replay(
     esnac_kwargs: dict[str, Any],
     encoders: list[dict[str, torch.Tensor]] | None = None,
 ) -> tuple[Any, list[float]]:
-    """`simulate_one`, also returning the searcher (its learned encoder, for `encoders`)."""
+    """Run one search on the pool: the searcher (its learned encoder, for `encoders`) and the
+    reward of each evaluation in order. A transfer method starts from
+    `encoders[seed % len(encoders)]`."""
     from embedding import Action, RandomSearcher
     from embedding.n2n import N2NSearcher
     from embedding.search import EsnacSearcher
@@ -332,7 +324,7 @@ def _load_encoders(directory: Path | None) -> tuple[list[dict[str, torch.Tensor]
     with a short digest of each for the run's settings."""
     import hashlib
 
-    from safetensors.torch import load
+    from service.searchers import encoder_from_bytes
 
     if directory is None:
         return [], []
@@ -344,14 +336,14 @@ def _load_encoders(directory: Path | None) -> tuple[list[dict[str, torch.Tensor]
         f"{f.name}:{hashlib.sha256(b).hexdigest()[:12]}"
         for f, b in zip(files, blobs, strict=True)
     ]
-    return [load(b) for b in blobs], digests
+    return [encoder_from_bytes(b) for b in blobs], digests
 
 
 def cmd_encoders(args: argparse.Namespace) -> None:
     """Learn encoders to transfer: one ESNAC search per seed on a pool (`--method`, default the
     paper preset: the LSTM trained at every step), each search's last learned encoder (its best
     kernel's, what the service stores for a job) written as `seed<S>.safetensors`; resumable."""
-    from safetensors.torch import save
+    from service.searchers import encoder_bytes
 
     torch.set_num_threads(args.threads)
     pool = _load_pool(args.pool)
@@ -383,10 +375,9 @@ def cmd_encoders(args: argparse.Namespace) -> None:
             continue
         searcher, _ = _replay(args.method, pool, space, seed, args.budget, args.per_step,
                               esnac_kwargs)  # fmt: skip
-        state = searcher.encoder_state() if hasattr(searcher, "encoder_state") else None
-        if state is None:
+        blob = encoder_bytes(searcher)  # exactly what the service stores for a job
+        if blob is None:
             raise SystemExit(f"{args.method} learned no encoder in {args.budget} evaluations")
-        blob = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
         tmp = path.with_suffix(".tmp")
         tmp.write_bytes(blob)
         os.replace(tmp, path)

@@ -166,10 +166,8 @@ def _check_learned(repo: Repository, src: Job) -> None:
     random initialisation, a job run with the defaults has nothing to pass on. (A job that asked
     for training but whose `train_after` was never reached is accepted: its options say it
     learns, and the threshold depends on how many results it got.)"""
-    job: Job | None = src
-    seen: set[int] = set()
-    while job is not None and job.id not in seen:
-        seen.add(job.id)
+    job: Job | None = src  # (a chain ends: each job can only start from an earlier one)
+    while job is not None:
         if job.searcher.get("train_encoder") or job.searcher.get("pretrain"):
             return
         job = repo.get_job(job.embedding_from) if job.embedding_from is not None else None
