@@ -36,6 +36,7 @@ ZOO_NAMES = (
     "mobilenetv2",
     "resnet18",
     "resnet20",
+    "resnet32",
     "resnet34",
     "resnet56",
     "shufflenetv2",

@@ -233,6 +233,7 @@ _VGG19: list[int | str] = [
 
 _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "resnet20": lambda n: ResNet([16, 32, 64], [3, 3, 3], n),
+    "resnet32": lambda n: ResNet([16, 32, 64], [5, 5, 5], n),
     "resnet56": lambda n: ResNet([16, 32, 64], [9, 9, 9], n),
     "resnet18": lambda n: ResNet([64, 128, 256, 512], [2, 2, 2, 2], n),
     "resnet34": lambda n: ResNet([64, 128, 256, 512], [3, 4, 6, 3], n),
