@@ -527,32 +527,36 @@ def summarize(
             summary["default_evals_to_random_best_at_budget"] = summary["evals_to_random_best"][
                 default
             ][str(budget)]
-    # the product default's lead over each other method at each mark: the difference of the
-    # means with the standard error of the difference (independent runs: sqrt(se_a^2 +
-    # se_b^2)), and the same paired by seed over the seeds both have (a seed fixes the
-    # searchers' random streams, not a shared draw, so the unpaired figure is the one stated)
-    if default is not None:
-        leads: dict[str, Any] = {}
-        for m in methods:
-            if m == default:
-                continue
-            leads[m] = {}
-            for k in marks:
-                a, b = summary["methods"][default], summary["methods"][m]
-                diff = a[f"at_{k}"][0] - b[f"at_{k}"][0]
-                se_diff = math.hypot(a[f"at_{k}"][1], b[f"at_{k}"][1])
-                common = sorted(set(curves[default]) & set(curves[m]), key=int)
-                paired = [curves[default][s][k - 1] - curves[m][s][k - 1] for s in common]
-                p_mean, p_se = _mean_se(paired) if paired else (math.nan, math.nan)
-                leads[m][f"at_{k}"] = {
-                    "diff": diff,
-                    "se_diff": se_diff,
-                    "z": diff / se_diff if se_diff > 1e-12 else None,  # (both converged)
-                    "paired_diff": p_mean,
-                    "paired_se": p_se,
-                    "paired_seeds": len(common),
-                }
-        summary["default_lead"] = leads
+    def lead(a: str, b: str) -> dict[str, Any]:
+        """Method a's lead over b at each mark: the difference of the means with the standard
+        error of the difference (independent runs: sqrt(se_a^2 + se_b^2)), and the same paired
+        by seed over the seeds both have (a seed fixes the searchers' random streams, not a
+        shared draw, so the unpaired figure is the one stated)."""
+        out: dict[str, Any] = {}
+        for k in marks:
+            sa, sb = summary["methods"][a], summary["methods"][b]
+            diff = sa[f"at_{k}"][0] - sb[f"at_{k}"][0]
+            se_diff = math.hypot(sa[f"at_{k}"][1], sb[f"at_{k}"][1])
+            common = sorted(set(curves[a]) & set(curves[b]), key=int)
+            paired = [curves[a][s][k - 1] - curves[b][s][k - 1] for s in common]
+            p_mean, p_se = _mean_se(paired) if paired else (math.nan, math.nan)
+            out[f"at_{k}"] = {
+                "diff": diff,
+                "se_diff": se_diff,
+                "z": diff / se_diff if se_diff > 1e-12 else None,  # (both converged)
+                "paired_diff": p_mean,
+                "paired_se": p_se,
+                "paired_seeds": len(common),
+            }
+        return out
+
+    if default is not None:  # the product default's lead over each other method
+        summary["default_lead"] = {m: lead(default, m) for m in methods if m != default}
+    # issue 18: each transferred encoder's lead over the untrained encoder and random search
+    baselines = [m for m in ("esnac_untrained", "random") if m in methods]
+    transfer_lead = {m: {b: lead(m, b) for b in baselines} for m in methods if m in TRANSFER}
+    if transfer_lead:
+        summary["transfer_lead"] = transfer_lead
     return summary
 
 

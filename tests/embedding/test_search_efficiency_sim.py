@@ -184,7 +184,7 @@ def test_transfer_replay_starts_from_encoders_learned_on_another_teacher(  # typ
     pool_file = tmp_path / "pool56.json"
     pool_file.write_text(json.dumps(pool56))
     args = argparse.Namespace(
-        seeds=2, budget=8, per_step=4, kernels=2, subset=0.5, threads=1, pool=pool_file,
+        seeds=2, budget=16, per_step=4, kernels=2, subset=0.5, threads=1, pool=pool_file,
         out=tmp_path / "out", shard=0, shards=1, name="transfer", encoders=enc_dir,
         methods=["transfer_fixed", "esnac_untrained", "random"],
     )  # fmt: skip
@@ -192,6 +192,14 @@ def test_transfer_replay_starts_from_encoders_learned_on_another_teacher(  # typ
     summary = json.loads((tmp_path / "out" / "transfer.json").read_text())
     assert summary["teacher"] == "resnet56"
     assert set(summary["methods"]) == {"transfer_fixed", "esnac_untrained", "random"}
+    # the transferred encoder's lead over the untrained one and random search, at 16
+    lead = summary["transfer_lead"]["transfer_fixed"]
+    assert set(lead) == {"esnac_untrained", "random"}
+    for base in ("esnac_untrained", "random"):
+        at16 = lead[base]["at_16"]
+        want = summary["methods"]["transfer_fixed"]["at_16"][0]
+        want -= summary["methods"][base]["at_16"][0]
+        assert at16["diff"] == pytest.approx(want) and at16["paired_seeds"] == 2
     part = json.loads((tmp_path / "out" / "transfer.part0of1.json").read_text())
     assert part["settings"]["encoders"] == digests
     args.encoders = None
