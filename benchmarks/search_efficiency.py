@@ -564,12 +564,13 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     """Fit quality on the pool: one kernel fitted on `n` random pool members (all of them, as
     one ESNAC kernel sees about half of the observations), posterior mean on the rest; the
     Spearman correlation with the true rewards and the fitted LOO log-likelihood, for the
-    trained and the untrained encoder, and for reference the correlation of the reward with the
-    compression C alone (a one-number "model")."""
+    trained and the untrained encoder (and with `--encoders`, for an encoder learned on another
+    pool, kept fixed: seed s uses encoder s mod their number), and for reference the correlation
+    of the reward with the compression C alone (a one-number "model")."""
     from scipy.stats import spearmanr
 
     from embedding import Action
-    from embedding.encoder import EncoderStack
+    from embedding.encoder import EncoderStack, adapt_encoder_state
     from embedding.kernel import to_unit_cube
     from embedding.model import build_gp, fit_stack
 
@@ -579,10 +580,13 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
     if len(entries) < max(args.sizes) + 10:
         raise SystemExit(f"the pool holds {len(entries)} entries: too few for --sizes")
     space = _pool_space(pool)
+    encoders, digests = _load_encoders(args.encoders)
     rows = space.encode([Action.from_json(e["action"]) for e in entries])
     reward = np.asarray([e["reward"] for e in entries])
     comp = np.asarray([e["compression"] for e in entries])
     out: dict[str, Any] = {"pool_size": len(entries), "seeds": args.seeds, "by_size": {}}
+    if digests:
+        out["encoders"] = digests
     for n in args.sizes:
         res: dict[str, list[float]] = {}
         for seed in range(args.seeds):
@@ -592,11 +596,16 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
             res.setdefault("compression_only_spearman", []).append(
                 float(spearmanr(comp[rest], reward[rest]).statistic)
             )
-            for trained in (True, False):
-                name = "trained" if trained else "untrained"
+            fits = [("trained", True), ("untrained", False)]
+            if encoders:
+                fits.append(("transferred", False))
+            for name, trained in fits:
                 stack = EncoderStack(
                     1, space.row_size, generator=torch.Generator().manual_seed(seed)
                 )
+                if name == "transferred":
+                    start = encoders[seed % len(encoders)]
+                    stack.load_encoder_state(adapt_encoder_state(start, space.row_size))
                 x = rows[torch.as_tensor(obs)].unsqueeze(0)
                 y = torch.as_tensor(reward[obs], dtype=torch.float64).unsqueeze(0)
                 t0 = time.perf_counter()
@@ -625,7 +634,7 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
             for k, v in res.items()
         }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "search_efficiency_diagnosis.json").write_text(json.dumps(out, indent=1) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(out, indent=1) + "\n")
     print(json.dumps(out, indent=1))
 
 
@@ -770,6 +779,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--pool", type=Path, default=POOL_FILE)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--encoders",
+        type=Path,
+        default=None,
+        help="also rank with these learned encoders kept fixed (a directory of `encoders`)",
+    )
+    p.add_argument("--name", default="search_efficiency_diagnosis", help="results file stem")
     p.set_defaults(func=cmd_diagnose)
     args = parser.parse_args()
     args.func(args)

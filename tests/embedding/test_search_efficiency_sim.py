@@ -205,3 +205,17 @@ def test_transfer_replay_starts_from_encoders_learned_on_another_teacher(  # typ
     args.encoders = None
     with pytest.raises(SystemExit, match="needs --encoders"):
         bench.cmd_simulate(argparse.Namespace(**{**vars(args), "name": "x"}))
+
+    # the fit-quality diagnosis ranks the deep pool with the transferred encoders too
+    bench.cmd_diagnose(
+        argparse.Namespace(
+            sizes=[8], seeds=2, threads=1, pool=pool_file, out=tmp_path / "out",
+            encoders=enc_dir, name="transfer_diagnosis",
+        )
+    )  # fmt: skip
+    diag = json.loads((tmp_path / "out" / "transfer_diagnosis.json").read_text())
+    assert diag["encoders"] == digests
+    row = diag["by_size"]["8"]
+    for name in ("trained", "untrained", "transferred"):
+        assert math.isfinite(row[f"{name}_spearman"]["mean"])
+    assert row["transferred_fit_steps"]["mean"] == 0  # kept fixed: only the GP is conditioned
