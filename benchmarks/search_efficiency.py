@@ -533,11 +533,11 @@ def summarize(
         by seed over the seeds both have (a seed fixes the searchers' random streams, not a
         shared draw, so the unpaired figure is the one stated)."""
         out: dict[str, Any] = {}
+        sa, sb = summary["methods"][a], summary["methods"][b]
+        common = sorted(set(curves[a]) & set(curves[b]), key=int)
         for k in marks:
-            sa, sb = summary["methods"][a], summary["methods"][b]
             diff = sa[f"at_{k}"][0] - sb[f"at_{k}"][0]
             se_diff = math.hypot(sa[f"at_{k}"][1], sb[f"at_{k}"][1])
-            common = sorted(set(curves[a]) & set(curves[b]), key=int)
             paired = [curves[a][s][k - 1] - curves[b][s][k - 1] for s in common]
             p_mean, p_se = _mean_se(paired) if paired else (math.nan, math.nan)
             out[f"at_{k}"] = {
@@ -581,6 +581,7 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
         raise SystemExit(f"the pool holds {len(entries)} entries: too few for --sizes")
     space = _pool_space(pool)
     encoders, digests = _load_encoders(args.encoders)
+    starts = [adapt_encoder_state(e, space.row_size) for e in encoders]  # mapped to this width
     rows = space.encode([Action.from_json(e["action"]) for e in entries])
     reward = np.asarray([e["reward"] for e in entries])
     comp = np.asarray([e["compression"] for e in entries])
@@ -596,23 +597,27 @@ def cmd_diagnose(args: argparse.Namespace) -> None:
             res.setdefault("compression_only_spearman", []).append(
                 float(spearmanr(comp[rest], reward[rest]).statistic)
             )
-            fits = [("trained", True), ("untrained", False)]
-            if encoders:
-                fits.append(("transferred", False))
-            for name, trained in fits:
+            x = rows[torch.as_tensor(obs)].unsqueeze(0)
+            y = torch.as_tensor(reward[obs], dtype=torch.float64).unsqueeze(0)
+            x_rest = rows[torch.as_tensor(rest)].unsqueeze(0)
+            # (name, train the LSTM, start weights: None for a fresh seeded initialisation)
+            fits: list[tuple[str, bool, dict[str, torch.Tensor] | None]] = [
+                ("trained", True, None),
+                ("untrained", False, None),
+            ]
+            if starts:
+                fits.append(("transferred", False, starts[seed % len(starts)]))
+            for name, trained, start in fits:
                 stack = EncoderStack(
                     1, space.row_size, generator=torch.Generator().manual_seed(seed)
                 )
-                if name == "transferred":
-                    start = encoders[seed % len(encoders)]
-                    stack.load_encoder_state(adapt_encoder_state(start, space.row_size))
-                x = rows[torch.as_tensor(obs)].unsqueeze(0)
-                y = torch.as_tensor(reward[obs], dtype=torch.float64).unsqueeze(0)
+                if start is not None:
+                    stack.load_encoder_state(start)
                 t0 = time.perf_counter()
                 report = fit_stack(stack, x, y, train_encoder=trained)
                 with torch.no_grad():
                     u_obs = to_unit_cube(stack(x))[0].double()
-                    u_rest = to_unit_cube(stack(rows[torch.as_tensor(rest)].unsqueeze(0)))[0]
+                    u_rest = to_unit_cube(stack(x_rest))[0]
                     model, _ = build_gp(u_obs, y[0], report.alpha[0], report.noise[0])
                     mean = model.posterior(u_rest.double()).mean.squeeze(-1).numpy()
                 res.setdefault(f"{name}_spearman", []).append(
