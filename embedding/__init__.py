@@ -33,6 +33,7 @@ _EXPORTS = {
     "fit_stack": "embedding.model",
     "loo_log_likelihood": "embedding.model",
     "EsnacOptions": "embedding.options",
+    "INHERITANCE": "embedding.options",
     "SearcherError": "embedding.options",
     "compression": "embedding.reward",
     "model_flops": "embedding.reward",

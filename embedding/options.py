@@ -12,7 +12,21 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["ENCODER_HIDDEN", "ENCODER_LAYERS", "PRESETS", "EsnacOptions", "SearcherError"]
+__all__ = [
+    "ENCODER_HIDDEN",
+    "ENCODER_LAYERS",
+    "INHERITANCE",
+    "PRESETS",
+    "EsnacOptions",
+    "SearcherError",
+]
+
+#: How a shrunk channel group chooses the teacher channels it keeps (`CompressionSpace`):
+#: "importance" -- the channels of largest group L2 magnitude (Torch-Pruning's
+#: `GroupMagnitudeImportance`, p = 2: conv filters, the next layers' input slices, BN weights),
+#: the product default; "first" -- the first k channels, as the paper's code slices them.
+#: Defined here, with no torch import, so the REST layer can name the choices.
+INHERITANCE: tuple[str, ...] = ("importance", "first")
 
 #: The shape of the searcher's LSTM encoder (the paper's: 4 bidirectional layers of 64), which
 #: a stored encoder must have to be reused by another job (`embedding_from`).
@@ -47,6 +61,9 @@ class EsnacOptions:
         pretrain: before any fit, train the LSTM (once per teacher) to predict free labels of
             1,000 sampled architectures -- size, depth, removed fraction, shrink, skips -- and start
             every kernel from it (variant; `embedding.pretrain`).
+        inheritance: which teacher channels a shrunk channel group keeps, for every strategy
+            (`embedding.space.INHERITANCE`): "importance" -- the largest group L2 magnitude,
+            Torch-Pruning's rule, the default -- or "first", the paper's first-k slicing.
     """
 
     kernels: int = 8
@@ -56,6 +73,7 @@ class EsnacOptions:
     warm_start: bool = False
     train_after: int = 0
     pretrain: bool = False
+    inheritance: str = "importance"
 
     def validate(self) -> None:
         """Raises `SearcherError` naming the first invalid option."""
@@ -69,6 +87,10 @@ class EsnacOptions:
         s = self.subset
         if not isinstance(s, int | float) or not math.isfinite(s) or not 0.0 < s <= 1.0:
             raise SearcherError(f"subset must lie in (0, 1], got {s!r}")
+        if self.inheritance not in INHERITANCE:
+            raise SearcherError(
+                f"inheritance must be one of {list(INHERITANCE)}, got {self.inheritance!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,8 +114,10 @@ class EsnacOptions:
 
 
 #: Named option sets. "paper": the paper's exact settings (8 kernels, gamma = 0.5, 1000 candidates,
-#: a freshly initialised LSTM trained at every step), kept as they are whatever the defaults become.
+#: a freshly initialised LSTM trained at every step, students sliced from the teacher's first
+#: channels), kept as they are whatever the defaults become.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"kernels": 8, "subset": 0.5, "candidates": 1000, "train_encoder": True,
-              "warm_start": False, "train_after": 0, "pretrain": False},  # fmt: skip
+              "warm_start": False, "train_after": 0, "pretrain": False,
+              "inheritance": "first"},  # fmt: skip
 }

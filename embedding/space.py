@@ -23,11 +23,13 @@ from torch import nn
 
 from embedding.fx_trace import channel_shuffle, trace
 from embedding.graph import INPUT, KINDS, Layer, LayerGraph, UnionFind
+from embedding.options import INHERITANCE
 
 torch.fx.wrap("channel_shuffle")  # one traced op in StudentNet (see embedding.fx_trace)
 
 __all__ = [
     "ACTION_FORMAT_VERSION",
+    "INHERITANCE",
     "REMOVE_PROBS",
     "SKIP_PROBS",
     "Action",
@@ -132,6 +134,7 @@ class _Resolved:
     removed: set[int]
     keep: np.ndarray  # kept channels per teacher group id
     inputs: list[tuple[int, ...]]  # effective inputs per layer (teacher edges + skips)
+    roots: np.ndarray  # the merged set (union-find root) of every teacher group id
 
 
 class StudentNet(nn.Module):
@@ -293,11 +296,21 @@ class CompressionSpace:
     weights for `materialize`. `max_layers` (L_max, the width of the encoding's connection
     vectors) defaults to `default_max_layers(...)`: the paper's 128, or the teacher's layer
     count when it has more, so any teacher works and coordinator and workers agree on it.
+    `inheritance` (one of `INHERITANCE`) says which teacher channels a shrunk group keeps; it
+    changes the students' weights only, never the actions, parameter counts or encodings.
     """
 
     def __init__(
-        self, graph: LayerGraph, teacher: nn.Module | None = None, max_layers: int | None = None
+        self,
+        graph: LayerGraph,
+        teacher: nn.Module | None = None,
+        max_layers: int | None = None,
+        inheritance: str = "importance",
     ) -> None:
+        if inheritance not in INHERITANCE:
+            raise ValueError(
+                f"inheritance must be one of {list(INHERITANCE)}, got {inheritance!r}"
+            )
         if max_layers is None:
             max_layers = default_max_layers(len(graph.layers))
         if len(graph.layers) > max_layers:
@@ -307,7 +320,9 @@ class CompressionSpace:
             )
         self.graph = graph
         self.max_layers = int(max_layers)
+        self.inheritance = inheritance
         self.teacher = teacher
+        self._scores: list[np.ndarray] | None = None
         self._state = (
             {k: v.detach() for k, v in teacher.state_dict().items()} if teacher is not None else {}
         )
@@ -334,10 +349,11 @@ class CompressionSpace:
         teacher: nn.Module,
         input_shape: tuple[int, ...] = (3, 32, 32),
         max_layers: int | None = None,
+        inheritance: str = "importance",
     ) -> CompressionSpace:
         """Trace `teacher` and build its space with the library's `max_layers` policy (or the
         given L_max). Raises `UnsupportedModelError`, `TooManyLayersError`."""
-        return cls(trace(teacher, input_shape), teacher, max_layers)
+        return cls(trace(teacher, input_shape), teacher, max_layers, inheritance)
 
     def _is_removable(self, layer: Layer) -> bool:
         if len(layer.inputs) != 1 or layer.in_shape != layer.out_shape:
@@ -451,21 +467,95 @@ class CompressionSpace:
             root_keep[root] = k
             keep[grp] = k
         inputs = [tuple(layer.inputs) + tuple(skip_in[layer.index]) for layer in g.layers]
-        return _Resolved(removed, keep, inputs)
+        roots = np.fromiter((find(grp) for grp in range(len(g.group_sizes))), dtype=np.int64)
+        return _Resolved(removed, keep, inputs, roots)
 
     def _channels(self, spec: tuple, keep: np.ndarray) -> int:
         return int(sum(keep[gid] for gid, _ in spec))
 
-    def _indices(self, spec: tuple, keep: np.ndarray) -> slice | torch.Tensor:
+    def _indices(self, spec: tuple, kept: list[torch.Tensor]) -> slice | torch.Tensor:
         """Teacher channel positions kept for a tensor: a slice (a cheap view) when the kept
-        channels are one contiguous run, an index tensor otherwise."""
+        channels are its first ones, an index tensor otherwise."""
         if len(spec) == 1:
-            return slice(0, int(keep[spec[0][0]]))
+            idx = kept[spec[0][0]]
+            if len(idx) == 0 or int(idx[-1]) == len(idx) - 1:  # increasing, so 0..k-1
+                return slice(0, len(idx))
+            return idx
         parts, offset = [], 0
         for gid, size in spec:
-            parts.append(torch.arange(offset, offset + int(keep[gid])))
+            parts.append(kept[gid] + offset)
             offset += size
         return torch.cat(parts)
+
+    # ------------------------------------------------------------------ channel importance
+    def channel_scores(self) -> list[np.ndarray]:
+        """Importance of every teacher channel, per teacher channel group.
+
+        The group L2 magnitude that Torch-Pruning's `GroupMagnitudeImportance` (p = 2) ranks
+        by, summed instead of averaged over the coupled layers (the same order within a
+        group): for each channel, the squared weights of the conv filters and linear rows
+        that produce it, of the conv and linear input slices that read it, and of the
+        BatchNorm scales that scale it. Computed once per space.
+
+        Returns:
+            One float64 array per teacher group id, of that group's size (zeros when the
+            space holds no teacher weights).
+        """
+        if self._scores is not None:
+            return self._scores
+        g = self.graph
+        scores = [np.zeros(size, dtype=np.float64) for size in g.group_sizes]
+
+        def add(spec: tuple, per_channel: torch.Tensor) -> None:
+            values = per_channel.detach().double().cpu().numpy()
+            offset = 0
+            for gid, size in spec:
+                scores[gid] += values[offset : offset + size]
+                offset += size
+
+        for layer in g.layers:
+            w = self._param(layer, "weight")
+            if w is None or layer.op not in ("conv", "bn", "linear"):
+                continue
+            sq = w.detach().double() ** 2
+            out_spec, in_spec = g.specs[layer.index], g.spec_of(layer.inputs[0])
+            if layer.op == "bn":
+                add(out_spec, sq)
+                continue
+            add(out_spec, sq.flatten(1).sum(1))
+            if layer.op == "conv" and not layer.attrs["depthwise"] and layer.attrs["groups"] == 1:
+                add(in_spec, sq.transpose(0, 1).flatten(1).sum(1))
+            elif layer.op == "linear":
+                sp = layer.attrs.get("in_spatial", 1)
+                add(in_spec, sq.reshape(sq.shape[0], -1, sp).sum(dim=(0, 2)))
+        self._scores = scores
+        return scores
+
+    def _kept(self, res: _Resolved) -> list[torch.Tensor]:
+        """The teacher channel positions each group keeps, increasing: its first `keep` ones
+        (inheritance "first"), or those of highest importance summed over the teacher groups
+        the action merged into one (channel i of every member is one channel of the merged
+        set). Ties go to the lower position, so a teacher without weights keeps the first."""
+        g, keep = self.graph, res.keep
+        if self.inheritance == "first" or not self._state:
+            return [torch.arange(int(k)) for k in keep]
+        scores = self.channel_scores()
+        merged: dict[int, np.ndarray] = {}
+        for gid, root in enumerate(res.roots.tolist()):
+            if int(keep[gid]) < g.group_sizes[gid]:
+                merged[root] = merged.get(root, 0.0) + scores[gid]
+        kept: list[torch.Tensor] = []
+        chosen: dict[int, torch.Tensor] = {}
+        for gid, root in enumerate(res.roots.tolist()):
+            k = int(keep[gid])
+            if k >= g.group_sizes[gid]:
+                kept.append(torch.arange(k))
+                continue
+            if root not in chosen:
+                order = np.argsort(-merged[root], kind="stable")[:k]
+                chosen[root] = torch.from_numpy(np.sort(order))
+            kept.append(chosen[root])
+        return kept
 
     # ------------------------------------------------------------------ parameters, modules
     def num_params(self, action: Action) -> int:
@@ -491,7 +581,9 @@ class CompressionSpace:
         return total
 
     def materialize(self, action: Action, *, inherit: bool = True) -> StudentNet:
-        """Build the student for `action`, weights sliced from the teacher's first channels.
+        """Build the student for `action`, weights sliced from the teacher's channels that the
+        space's `inheritance` rule keeps (the most important ones by default, the first ones
+        with "first").
 
         Args:
             action: an action of this space.
@@ -505,6 +597,7 @@ class CompressionSpace:
         """
         res = self._resolve(action)
         g, keep = self.graph, res.keep
+        kept = self._kept(res)
         modules: dict[int, nn.Module] = {}
         slices: dict[int, tuple[int, int]] = {}
         shuffles: dict[int, int] = {}
@@ -534,12 +627,12 @@ class CompressionSpace:
                     a["bias"],
                     device=dev,
                 )
-                oi = self._indices(out_spec, keep)
+                oi = self._indices(out_spec, kept)
                 w = self._param(layer, "weight")
                 if w is not None:
                     w = w[oi]
                     if not a["depthwise"] and groups == 1:
-                        w = w[:, self._indices(in_spec, keep)]
+                        w = w[:, self._indices(in_spec, kept)]
                     weights["weight"] = w
                     b = self._param(layer, "bias")
                     if b is not None:
@@ -549,7 +642,7 @@ class CompressionSpace:
                 mod = nn.BatchNorm2d(
                     c, a["eps"], a["momentum"], a["affine"], a["track_running_stats"], device=dev
                 )
-                oi = self._indices(out_spec, keep)
+                oi = self._indices(out_spec, kept)
                 for name in ("weight", "bias", "running_mean", "running_var"):
                     t = self._param(layer, name)
                     if t is not None:
@@ -559,12 +652,12 @@ class CompressionSpace:
                     weights["num_batches_tracked"] = t
             elif layer.op == "linear":
                 sp = a.get("in_spatial", 1)
-                ci = self._indices(in_spec, keep)
+                ci = self._indices(in_spec, kept)
                 cidx = torch.arange(ci.stop) if isinstance(ci, slice) else ci
                 ii = (cidx[:, None] * sp + torch.arange(sp)[None, :]).reshape(-1)
                 cout = self._channels(out_spec, keep)
                 mod = nn.Linear(len(ii), cout, a["bias"], device=dev)
-                oi = self._indices(out_spec, keep)
+                oi = self._indices(out_spec, kept)
                 w = self._param(layer, "weight")
                 if w is not None:
                     weights["weight"] = w[oi][:, ii]

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import ray
 
+from embedding.options import EsnacOptions
 from embedding.search import Searcher
 from embedding.space import Action
 from service.db import (
@@ -181,6 +182,7 @@ class JobRunner:
             "dataset": job.dataset,
             "data_dir": s.settings.data_dir,
             "max_layers": 0,
+            "inheritance": EsnacOptions.from_dict(job.searcher).inheritance,
         }
         self.teacher_ref = ray.put(weights)
         # the dataset travels with the job to hosts that lack the coordinator's disk

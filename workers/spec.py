@@ -124,9 +124,15 @@ class SearchTraining(_Settings):
     max_train_samples: int | None = None
     #: Compute the teacher's logits once per job and reuse them (only when `augment` is off).
     cache_teacher_logits: bool = False
+    #: Before distilling, recompute the student's BatchNorm running statistics on this many
+    #: training images (train mode, no gradient; EagleEye, ECCV 2020): an inherited student's
+    #: statistics are the teacher's, which no longer describe a network with removed layers
+    #: and fewer channels. 0: keep the inherited statistics.
+    bn_recalibration: int = 0
 
     def validate(self) -> None:
         _check_positive("epochs", self.epochs)
+        _check_positive("bn_recalibration", self.bn_recalibration, allow_zero=True)
         _check_positive("batch_size", self.batch_size)
         _check_positive("lr", self.lr)
         _check_positive("weight_decay", self.weight_decay, allow_zero=True)

@@ -47,6 +47,7 @@ __all__ = [
     "distill",
     "evaluate",
     "finetune",
+    "recalibrate_bn",
     "resolve_device",
     "seed_everything",
     "teacher_logits",
@@ -202,6 +203,57 @@ def evaluate(
 
 
 @torch.no_grad()
+def recalibrate_bn(
+    model: nn.Module,
+    dataset: ImageTensors,
+    images: int,
+    *,
+    batch_size: int = 128,
+    amp: bool | None = None,
+    channels_last: bool = False,
+) -> int:
+    """Recompute every BatchNorm's running statistics on the first `images` images.
+
+    The statistics are reset and re-estimated as an exact average over the batches (momentum
+    None), in train mode with no gradient and no augmentation; the weights do not change and
+    the model's mode is restored.
+
+    Args:
+        model: the network, where it is to run.
+        dataset: the images (its first `images` are used, all when it has fewer).
+        images: how many; 0 does nothing.
+        batch_size: images per forward pass.
+        amp: bfloat16 autocast on CUDA (default: on for CUDA).
+        channels_last: feed channels-last images (as the training that follows does).
+
+    Returns:
+        The number of BatchNorm layers recalibrated.
+    """
+    bns = [
+        m for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]  # fmt: skip
+    if images <= 0 or not bns or len(dataset) == 0:
+        return 0
+    dev = _model_device(model)
+    use_amp = dev.type == "cuda" if amp is None else amp
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    try:
+        with _mode(model, True), _autocast(dev, use_amp):
+            for x, _, _ in iterate_batches(
+                dataset.head(images), batch_size, device=dev, channels_last=channels_last
+            ):
+                model(x)
+    finally:
+        for m, momentum in zip(bns, momenta, strict=True):
+            m.momentum = momentum
+    return len(bns)
+
+
+@torch.no_grad()
 def teacher_logits(
     teacher: nn.Module,
     dataset: ImageTensors,
@@ -280,6 +332,10 @@ def distill(
     _prepare(student, dev, use_cl)
     _prepare(teacher, dev, use_cl)
     teacher.eval()
+    recalibrate_bn(
+        student, train, training.bn_recalibration, batch_size=training.batch_size,
+        amp=use_amp, channels_last=use_cl,
+    )  # fmt: skip
     opt = torch.optim.Adam(student.parameters(), lr=training.lr, weight_decay=training.weight_decay)
     history: list[float] = []
     best, best_epoch, images, seconds = -1.0, 0, 0, 0.0

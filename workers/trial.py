@@ -29,6 +29,7 @@ from embedding.reward import (
     reward,
 )
 from embedding.space import (
+    INHERITANCE,
     Action,
     CompressionSpace,
     InvalidActionError,
@@ -90,6 +91,8 @@ class JobContext:
         max_layers: the encoding's L_max; 0 means the library's policy
             (`embedding.space.default_max_layers`), as the coordinator uses.
         download: let torchvision download CIFAR when it is missing.
+        inheritance: which teacher channels a shrunk group keeps (`embedding.INHERITANCE`:
+            "importance", the default, or the paper's "first").
     """
 
     job_key: str
@@ -101,6 +104,7 @@ class JobContext:
     data_dir: str | None = None
     max_layers: int = 0
     download: bool = False
+    inheritance: str = "importance"
 
     def validate(self) -> None:
         if not isinstance(self.job_key, str) or not self.job_key:
@@ -113,6 +117,10 @@ class JobContext:
             )
         if int(self.max_layers) < 0:
             raise BadSpecError(f"max_layers must be >= 0, got {self.max_layers}")
+        if self.inheritance not in INHERITANCE:
+            raise BadSpecError(
+                f"inheritance must be one of {list(INHERITANCE)}, got {self.inheritance!r}"
+            )
 
 
 def worker_name() -> str:
@@ -217,7 +225,8 @@ class PreparedJob:
         return action
 
     def student(self, action: Action) -> StudentNet:
-        """The student for `action`, weights sliced from the teacher (CPU, training mode)."""
+        """The student for `action`, weights sliced from the teacher by the job's inheritance
+        rule (CPU, training mode)."""
         try:
             return self.space.materialize(action)
         except InvalidActionError as exc:
@@ -256,7 +265,9 @@ def prepare_job(
         )
     try:
         graph = trace(teacher, data.input_shape)
-        space = CompressionSpace(graph, teacher, int(ctx.max_layers) or None)
+        space = CompressionSpace(
+            graph, teacher, int(ctx.max_layers) or None, inheritance=ctx.inheritance
+        )
     except (UnsupportedModelError, TooManyLayersError) as exc:
         raise BadSpecError(str(exc)) from exc
     return PreparedJob(ctx, teacher, space, data, dev)
@@ -425,6 +436,7 @@ def finetune_student(
                 "format": CARD_FORMAT,
                 "architecture": student.architecture(),
                 "action": act.to_dict(),
+                "inheritance": state.space.inheritance,
                 "params": params,
                 "flops": flops,
                 "accuracy": result.accuracy,

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from embedding.options import INHERITANCE as _INHERITANCE
 from embedding.options import PRESETS as _PRESETS
 from embedding.options import EsnacOptions as _Esnac
 from workers.spec import LATENCY_BACKENDS, WorkerError
@@ -117,6 +118,11 @@ class SearchTrainingIn(_In):
     augment: bool = _Search.augment
     max_train_samples: int | None = Field(default=_Search.max_train_samples, ge=1)
     cache_teacher_logits: bool = _Search.cache_teacher_logits
+    bn_recalibration: int = Field(
+        default=_Search.bn_recalibration, ge=0, le=10_000_000,
+        description="recompute each student's BatchNorm statistics on this many training "
+        "images before distilling it (0: keep the teacher's)",
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _rules(self) -> SearchTrainingIn:
@@ -158,7 +164,9 @@ class LatencyIn(_In):
 
 class EsnacOptions(_In):
     """Advanced knobs of the ESNAC searcher (defaults: the paper's, except that the LSTM
-    encoder stays at its initialisation, `train_encoder` false; ignored by `random` and `n2n`).
+    encoder stays at its initialisation, `train_encoder` false, and students keep the teacher's
+    most important channels, `inheritance` importance; ignored by `random` and `n2n`, except
+    `inheritance`, which every strategy's students follow).
     `{"preset": "paper"}` asks for the paper's exact settings (other keys override them); the
     job stores and shows the resulting values."""
 
@@ -178,6 +186,12 @@ class EsnacOptions(_In):
         default=_Esnac.pretrain,
         description="start from an LSTM pretrained on free labels (size, depth, ...) of "
         "sampled architectures, once per teacher",
+    )
+    inheritance: Literal[_INHERITANCE] = Field(  # type: ignore[valid-type]
+        default=_Esnac.inheritance,
+        description="which teacher channels a shrunk channel group keeps, for every strategy: "
+        "importance (largest group L2 magnitude, as Torch-Pruning ranks them) or first (the "
+        "paper's first-k slicing)",
     )
 
     @model_validator(mode="before")

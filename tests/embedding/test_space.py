@@ -213,3 +213,127 @@ def test_students_trace_to_their_own_graph_and_rebuild_from_their_architecture(a
         assert torch.equal(rebuilt.eval()(x), student(x))
     with pytest.raises(InvalidActionError, match="format"):
         StudentNet.from_architecture({"format": 99})
+
+
+# ------------------------------------------------------------------------ channel inheritance
+def _uneven_resnet20() -> tuple[nn.Module, CompressionSpace]:
+    """resnet20 whose conv filters have very different magnitudes, so that the group ranking
+    is far from the channel order."""
+    teacher, _ = _space("resnet20")
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for m in teacher.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(2 * torch.rand(m.weight.shape[0], 1, 1, 1, generator=gen))
+    return teacher, CompressionSpace.for_teacher(teacher, max_layers=256)
+
+
+@pytest.mark.parametrize("module", ["stem.0", "layers.0.conv1", "layers.4.conv1", "layers.8.conv2"])
+def test_a_shrunk_group_keeps_the_channels_torch_pruning_ranks_highest(module: str) -> None:
+    import torch_pruning as tp
+
+    teacher, space = _uneven_resnet20()
+    layer = next(la for la in space.graph.layers if la.module == module)
+    gid = space.graph.specs[layer.index][0][0]
+    size = space.graph.group_sizes[gid]
+    conv = teacher.get_submodule(module)
+    dg = tp.DependencyGraph().build_dependency(teacher, example_inputs=torch.randn(1, 3, 32, 32))
+    group = dg.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(size)))
+    tp_score = tp.importance.GroupMagnitudeImportance(p=2)(group).double().numpy()
+    ours = space.channel_scores()[gid]
+    # Torch-Pruning averages over the coupled layers and divides by the mean; we sum.
+    assert np.allclose(ours / ours.mean(), tp_score / tp_score.mean(), rtol=1e-4)
+
+    k = size // 4
+    shrink = [0.0] * len(space.shrinkable)
+    shrink[space.shrinkable.index(gid)] = 1 - (k + 0.5) / size
+    student = space.materialize(Action((), tuple(shrink), (), space.fingerprint))
+    top = np.sort(np.argsort(-tp_score)[:k])
+    assert not np.array_equal(top, np.arange(k))  # the test would not tell the rules apart
+    kept = student.layers[str(layer.index)].weight
+    assert torch.equal(kept, conv.weight[torch.from_numpy(top)])
+
+
+def test_merged_groups_rank_by_the_sum_of_their_members_scores() -> None:
+    teacher, space = _uneven_resnet20()
+    layers = space.graph.layers
+    conv = next(la for la in layers if la.module == "layers.0.conv2")  # 16 -> 16, removable
+    assert conv.index in space.removable
+    g_in = space.graph.spec_of(conv.inputs[0])[0][0]
+    g_out = space.graph.specs[conv.index][0][0]
+    assert g_in != g_out
+    shrink = [0.0] * len(space.shrinkable)
+    shrink[space.shrinkable.index(min(g_in, g_out))] = 0.5  # the merged set takes this ratio
+    action = Action((conv.index,), tuple(shrink), (), space.fingerprint)
+    student = space.materialize(action)
+    scores = space.channel_scores()
+    top = torch.from_numpy(np.sort(np.argsort(-(scores[g_in] + scores[g_out]))[:8]))
+    for alone in (scores[g_in], scores[g_out]):  # neither member's own ranking would do
+        assert not torch.equal(top, torch.from_numpy(np.sort(np.argsort(-alone)[:8])))
+    first = next(la for la in layers if la.module == "layers.0.conv1")
+    w = teacher.get_submodule("layers.0.conv1").weight
+    assert torch.equal(student.layers[str(first.index)].weight, w[top][:, top])
+    assert student(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert space.num_params(action) == sum(p.numel() for p in student.parameters())
+
+
+#: sha256 prefixes of the state dicts of 30 students per zoo network (`_first_k_digest`), made
+#: with commit b5f36ef's `materialize`, which always sliced the teacher's first channels.
+_FIRST_K_DIGESTS = {
+    "mobilenetv2": "b3f95dff939a2f8d", "resnet18": "e64e4932e79c727a",
+    "resnet20": "83d00100972c7a17", "resnet32": "cdd995fa0d0a4d0f",
+    "resnet34": "ded4abb2392fb43d", "resnet56": "e87e42b6876bc853",
+    "shufflenetv2": "9e7ffd86ba7a140e", "vgg19": "befcac967c92e395",
+}  # fmt: skip
+
+
+def _first_k_digest(space: CompressionSpace) -> str:
+    import hashlib
+
+    rng = np.random.default_rng(1)
+    h = hashlib.sha256()
+    for _ in range(30):
+        sd = space.materialize(space.sample(rng)).state_dict()
+        for k in sorted(sd):
+            h.update(k.encode())
+            h.update(sd[k].contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(_FIRST_K_DIGESTS))
+def test_first_k_inheritance_reproduces_the_earlier_students_bit_for_bit(name: str) -> None:
+    teacher, _ = _space(name)
+    space = CompressionSpace.for_teacher(teacher, max_layers=256, inheritance="first")
+    assert _first_k_digest(space) == _FIRST_K_DIGESTS[name]
+
+
+def test_first_k_students_hold_the_teachers_leading_block() -> None:
+    teacher, _ = _uneven_resnet20()
+    space = CompressionSpace.for_teacher(teacher, max_layers=256, inheritance="first")
+    ref = {k: v for k, v in teacher.state_dict().items()}
+    modules = {la.index: la.module for la in space.graph.layers}
+    rng = np.random.default_rng(3)
+    for _ in range(5):
+        student = space.materialize(space.sample(rng))
+        for key, t in student.state_dict().items():
+            idx, name = key.split(".")[1:]
+            full = ref[f"{modules[int(idx)]}.{name}"]
+            assert torch.equal(t, full[tuple(slice(0, n) for n in t.shape)])
+
+
+def test_importance_and_first_students_differ_only_in_weights() -> None:
+    teacher, space = _uneven_resnet20()
+    first = CompressionSpace.for_teacher(teacher, max_layers=256, inheritance="first")
+    action = space.sample(np.random.default_rng(0))
+    a, b = space.materialize(action), first.materialize(action)
+    assert a.architecture() == b.architecture()
+    assert space.num_params(action) == first.num_params(action)
+    assert torch.equal(space.encode([action]), first.encode([action]))
+    assert any(not torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())
+
+
+def test_unknown_inheritance_is_refused() -> None:
+    teacher, _ = _space("resnet20")
+    with pytest.raises(ValueError, match="importance"):
+        CompressionSpace.for_teacher(teacher, inheritance="last")

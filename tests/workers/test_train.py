@@ -17,10 +17,12 @@ from workers.spec import (
     TrainingFailedError,
 )
 from workers.train import (
+    TeacherResult,
     count_params,
     distill,
     evaluate,
     finetune,
+    recalibrate_bn,
     teacher_logits,
     train_teacher,
 )
@@ -149,9 +151,9 @@ def test_teacher_time_budget_bounds_the_training(digits: DatasetSplits) -> None:
         train_teacher("resnet20", 10, "d", splits=small, time_budget_s=float("inf"))
 
 
-@pytest.mark.slow
-def test_digits_teacher_and_half_width_student_reach_the_targets(digits: DatasetSplits) -> None:
-    """Done-when: resnet20 >= 90% on digits, a half-width student >= 85% after KD, each fast."""
+@pytest.fixture(scope="module")
+def digits_teacher(digits: DatasetSplits) -> tuple[TeacherResult, float]:
+    """A resnet20 trained on digits for 5 epochs (~35 s on one thread), and its seconds."""
     t0 = time.perf_counter()
     teacher = train_teacher(
         "resnet20",
@@ -161,7 +163,15 @@ def test_digits_teacher_and_half_width_student_reach_the_targets(digits: Dataset
         splits=digits,
         device="cpu",
     )
-    t_teacher = time.perf_counter() - t0
+    return teacher, time.perf_counter() - t0
+
+
+@pytest.mark.slow
+def test_digits_teacher_and_half_width_student_reach_the_targets(
+    digits: DatasetSplits, digits_teacher: tuple[TeacherResult, float]
+) -> None:
+    """Done-when: resnet20 >= 90% on digits, a half-width student >= 85% after KD, each fast."""
+    teacher, t_teacher = digits_teacher
     assert teacher.accuracy >= 0.90, teacher.history
     assert teacher.metadata["accuracy"] == teacher.accuracy
     assert teacher.metadata["arch"] == "resnet20" and teacher.metadata["dataset"] == "digits"
@@ -181,3 +191,48 @@ def test_digits_teacher_and_half_width_student_reach_the_targets(digits: Dataset
         f"student {res.best_accuracy:.4f} in {t_student:.1f}s"
     )
     assert res.best_accuracy >= 0.85, res.history
+
+
+@pytest.mark.slow
+def test_bn_recalibration_raises_a_shrunk_students_zero_shot_accuracy(
+    digits: DatasetSplits, digits_teacher: tuple[TeacherResult, float]
+) -> None:
+    teacher = digits_teacher[0].model.cpu()
+    space = CompressionSpace.for_teacher(teacher)
+    action = Action((), tuple(0.75 for _ in space.shrinkable), (), space.fingerprint)
+    student = space.materialize(action)
+    before = evaluate(student, digits.val)
+    stats = {k: v.clone() for k, v in student.state_dict().items() if "running" in k}
+    weights = {k: v.clone() for k, v in student.named_parameters()}
+    n_bn = sum(isinstance(m, torch.nn.BatchNorm2d) for m in student.modules())
+    assert recalibrate_bn(student, digits.train, 500) == n_bn
+    after = evaluate(student, digits.val)
+    # Seen: 0.11 -> 0.30 (a quarter of the teacher's channels, the teacher's statistics).
+    assert after > before + 0.1, (before, after)
+    changed = [k for k, v in student.state_dict().items() if k in stats and not v.equal(stats[k])]
+    assert len(changed) == len(stats)
+    assert all(v.equal(weights[k]) for k, v in student.named_parameters())
+    assert student.training  # the mode is restored
+    bn = next(m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert bn.momentum == 0.1
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_distill_recalibrates_in_both_data_modes(digits: DatasetSplits, augment: bool) -> None:
+    torch.manual_seed(0)
+    _, student = half_student(zoo.build("resnet20", 10))
+    bn = next(m for m in student.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    training = SearchTraining(
+        epochs=1, batch_size=32, augment=augment, max_train_samples=64, bn_recalibration=64,
+        cache_teacher_logits=not augment,
+    )  # fmt: skip
+    teacher = zoo.build("resnet20", 10)
+    logits = None if augment else teacher_logits(teacher, digits.train.head(64), device="cpu")
+    bn.num_batches_tracked.fill_(100)
+    seen: list[int] = []
+    bn.register_forward_pre_hook(lambda m, _: seen.append(int(m.num_batches_tracked)))
+    distill(student, teacher, digits, training, seed=0, device="cpu", teacher_logits=logits)
+    # the statistics are reset, two recalibration batches, then two training batches
+    assert seen[:4] == [0, 1, 2, 3]
+    with pytest.raises(BadSpecError, match="bn_recalibration"):
+        SearchTraining(bn_recalibration=-1).validate()
