@@ -39,12 +39,15 @@ def test_the_paper_preset_is_explicit_and_overridable() -> None:
     paper = EsnacOptions.from_dict({"preset": "paper"})
     assert (paper.kernels, paper.subset, paper.candidates) == (8, 0.5, 1000)
     assert paper.train_encoder and not (paper.warm_start or paper.pretrain or paper.train_after)
+    assert paper.inheritance == "first" and EsnacOptions().inheritance == "importance"
     assert EsnacOptions.from_dict({"preset": "paper", "subset": 1.0}).subset == 1.0
     assert set(PRESETS["paper"]) == set(EsnacOptions().to_dict())  # every option pinned
     with pytest.raises(SearcherError, match="unknown searcher preset"):
         EsnacOptions.from_dict({"preset": "fast"})
     with pytest.raises(SearcherError, match="train_after"):
         EsnacOptions.from_dict({"train_after": -1})
+    with pytest.raises(SearcherError, match="inheritance"):
+        EsnacOptions.from_dict({"inheritance": "last"})
 
 
 def test_warm_start_begins_each_step_from_the_last_learned_lstm(space: CompressionSpace) -> None:

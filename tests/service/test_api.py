@@ -259,12 +259,14 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
     r = client.post("/v1/jobs", json={"teacher_id": teacher["id"]}, headers=AUTH)
     assert r.status_code == 201, r.text
     job = r.json()
-    # the paper's defaults, except the LSTM left untrained (the embedding study's evidence)
+    # the paper's defaults, except the LSTM left untrained (the embedding study's evidence) and
+    # the most important channels inherited (docs/ALGORITHM.md)
     assert (job["steps"], job["per_step"], job["top_k"]) == (20, 8, 4)
     assert job["search"]["epochs"] == 10 and job["full_training"]["epochs"] == 300
+    assert job["search"]["bn_recalibration"] == 0
     assert job["searcher"] == {
         "kernels": 8, "subset": 0.5, "candidates": 1000, "train_encoder": False,
-        "warm_start": False, "train_after": 0, "pretrain": False,
+        "warm_start": False, "train_after": 0, "pretrain": False, "inheritance": "importance",
     }  # fmt: skip
     assert job["status"] == "queued" and job["progress"]["total"] == 160
     assert job["reward"] == "params" and job["latency"] is None  # nothing measured by default
@@ -290,8 +292,9 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
     r = client.post("/v1/jobs", json={"teacher_id": teacher["id"],
                                       "searcher": {"preset": "paper", "subset": 1.0}},
                     headers=AUTH)  # fmt: skip
-    assert r.status_code == 201 and r.json()["searcher"] == {
-        **job["searcher"], "subset": 1.0, "train_encoder": True}  # fmt: skip
+    assert job["searcher"]["inheritance"] == "importance"
+    assert r.status_code == 201 and r.json()["searcher"] == {**job["searcher"], "subset": 1.0,
+        "train_encoder": True, "inheritance": "first"}  # fmt: skip
     r = client.post("/v1/jobs", json={"teacher_id": teacher["id"],
                                       "searcher": {"preset": "fast"}}, headers=AUTH)  # fmt: skip
     assert r.status_code == 422 and "unknown searcher preset" in r.text, r.text

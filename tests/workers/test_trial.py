@@ -106,6 +106,17 @@ def test_bad_job_contexts_are_typed_errors(ctx: JobContext) -> None:
         prepare_job(dataclasses.replace(ctx, num_classes=100, teacher_weights=w100), device="cpu")
     with pytest.raises(BadSpecError, match="max_layers=64"):
         prepare_job(dataclasses.replace(ctx, max_layers=64), device="cpu")
+    with pytest.raises(BadSpecError, match="inheritance must be one of"):
+        prepare_job(dataclasses.replace(ctx, inheritance="last"), device="cpu")
+
+
+def test_the_jobs_inheritance_rule_builds_its_students(ctx: JobContext) -> None:
+    states = {r: prepare_job(dataclasses.replace(ctx, inheritance=r), device="cpu")
+              for r in ("importance", "first")}  # fmt: skip
+    action = Action.from_json(sampled(states["first"], 0))
+    students = {r: st.student(action).state_dict() for r, st in states.items()}
+    assert states["first"].space.inheritance == "first"
+    assert any(not v.equal(students["importance"][k]) for k, v in students["first"].items())
 
 
 def test_out_of_memory_becomes_a_typed_error() -> None:
@@ -126,3 +137,4 @@ def test_finetune_student_returns_weights_and_onnx(state: PreparedJob) -> None:
     student = state.student(Action.from_json(action))
     load_state_safetensors(student, out["weights"])
     assert out["params"] == state.space.num_params(Action.from_json(action))
+    assert out["card"]["inheritance"] == state.space.inheritance == "importance"
