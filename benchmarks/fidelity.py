@@ -350,9 +350,10 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     for name, scores in proxies.items():
         row: dict[str, Any] = {"students_scored": len(scores)}
         if scores:
-            row["cpu_seconds_median"] = float(np.median([r["cpu_seconds"] for r in scores.values()]))
+            cpu = [r["cpu_seconds"] for r in scores.values()]
+            row["cpu_seconds_median"] = float(np.median(cpu))
         for band in [*BANDS, "all"]:
-            ids = [i for i in final if i in scores and (band == "all" or entries[i]["band"] == band)]
+            ids = [i for i in final if i in scores and band in ("all", entries[i]["band"])]
             target = "reward" if band == "all" else "accuracy"
             row[band] = _corr([scores[i]["score"] for i in ids], [final[i][target] for i in ids],
                               rng)  # fmt: skip
@@ -360,9 +361,11 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     # the noise ceiling: seed 0 against seed 1 of the same students
     second = truth.get(1, {})
     both = [i for i in second if i in final]
-    ceiling = {band: _corr([final[i]["accuracy"] for i in both if band in ("all", entries[i]["band"])],
-                           [second[i]["accuracy"] for i in both if band in ("all", entries[i]["band"])],
-                           rng) for band in [*BANDS, "all"]}  # fmt: skip
+    ceiling = {}
+    for band in [*BANDS, "all"]:
+        ids = [i for i in both if band in ("all", entries[i]["band"])]
+        ceiling[band] = _corr([final[i]["accuracy"] for i in ids],
+                              [second[i]["accuracy"] for i in ids], rng)  # fmt: skip
     gaps = [abs(final[i]["accuracy"] - second[i]["accuracy"]) for i in both]
     summary = {
         "students": len(entries), "ground_truth": len(final), "second_seed": len(both),
@@ -376,8 +379,10 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
     _write_json(summary, ROOT / "results" / "fidelity.json")
     _plot(entries, final, proxies, ROOT / "results" / "fidelity.png")
     for name, row in rows.items():
-        cells = [f"{b}: {row[b].get('spearman') if row[b].get('spearman') is None else round(row[b]['spearman'], 2)}"
-                 for b in [*BANDS, "all"]]  # fmt: skip
+        cells = []
+        for b in [*BANDS, "all"]:
+            rho = row[b].get("spearman")
+            cells.append(f"{b}: " + ("-" if rho is None else f"{rho:+.2f}"))
         print(f"{name:15s} n={row['students_scored']:3d}  " + "  ".join(cells))
     return summary
 

@@ -10,7 +10,14 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["compression", "latency_reward", "latency_target_reward", "model_flops", "reward"]
+__all__ = [
+    "budget_reward",
+    "compression",
+    "latency_reward",
+    "latency_target_reward",
+    "model_flops",
+    "reward",
+]
 
 
 def model_flops(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> int:
@@ -67,20 +74,28 @@ def latency_reward(
     return reward(student_acc, teacher_acc, min(latency_ms, teacher_latency_ms), teacher_latency_ms)
 
 
+def budget_reward(
+    student_acc: float, teacher_acc: float, size: float, budget: float, w: float = 1.0
+) -> float:
+    """Accuracy under a budget on any size measure (parameters, FLOPs, milliseconds):
+    A = student_acc / teacher_acc when `size` is within `budget`, A * (budget / size)^w beyond
+    it (MnasNet's hard-constraint form, ACC * (SIZE / T)^-w with w = 0 within the budget). The
+    one definition behind every `*_target` reward.
+
+    Raises:
+        ValueError: a non-positive teacher accuracy, size or budget.
+    """
+    if teacher_acc <= 0 or size <= 0 or budget <= 0:
+        raise ValueError(
+            f"teacher accuracy, size and budget must be positive, got {teacher_acc}, {size}, "
+            f"{budget}"
+        )
+    a = float(student_acc) / float(teacher_acc)
+    return a if size <= budget else a * (float(budget) / float(size)) ** w
+
+
 def latency_target_reward(
     student_acc: float, teacher_acc: float, latency_ms: float, target_ms: float
 ) -> float:
-    """Accuracy under a latency budget: A = student_acc / teacher_acc when the student meets
-    `target_ms`, A * target / latency when it is slower (MnasNet's hard-constraint form,
-    ACC * (LAT / T)^w with w = 0 within the budget and -1 beyond it).
-
-    Raises:
-        ValueError: a non-positive teacher accuracy, latency or target.
-    """
-    if teacher_acc <= 0 or latency_ms <= 0 or target_ms <= 0:
-        raise ValueError(
-            f"teacher accuracy, latency and target must be positive, got {teacher_acc}, "
-            f"{latency_ms}, {target_ms}"
-        )
-    a = float(student_acc) / float(teacher_acc)
-    return a if latency_ms <= target_ms else a * float(target_ms) / float(latency_ms)
+    """Accuracy under a latency budget (`budget_reward` on milliseconds, w = 1)."""
+    return budget_reward(student_acc, teacher_acc, latency_ms, target_ms)

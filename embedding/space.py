@@ -580,6 +580,27 @@ class CompressionSpace:
                 total += cin * cout + (cout if a["bias"] else 0)
         return total
 
+    def num_flops(self, action: Action) -> int:
+        """FLOPs of the student's forward pass on one input, computed without building it:
+        what `embedding.reward.model_flops` counts (convolutions and matrix products, 2 per
+        multiply-accumulate)."""
+        res = self._resolve(action)
+        g, keep, total = self.graph, res.keep, 0
+        for layer in g.layers:
+            if layer.index in res.removed or layer.op not in ("conv", "linear"):
+                continue
+            a = layer.attrs
+            cin = self._channels(g.spec_of(layer.inputs[0]), keep)
+            cout = self._channels(g.specs[layer.index], keep)
+            if layer.op == "conv":
+                groups = cout if a["depthwise"] else a["groups"]
+                kh, kw = a["kernel_size"]
+                spatial = int(np.prod(layer.out_shape[1:]))
+                total += 2 * cout * (cin // groups) * kh * kw * spatial
+            else:
+                total += 2 * cin * a.get("in_spatial", 1) * cout
+        return total
+
     def materialize(self, action: Action, *, inherit: bool = True) -> StudentNet:
         """Build the student for `action`, weights sliced from the teacher's channels that the
         space's `inheritance` rule keeps (the most important ones by default, the first ones

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 import ray
 
+from embedding.budget import budget_seeds
 from embedding.options import EsnacOptions
 from embedding.search import Searcher
 from embedding.space import Action
@@ -49,6 +50,7 @@ from service.db import (
 from service.db.storage import utcnow
 from service.pool import Slot, WorkersDiedError, error_of
 from service.searchers import build_space, canonical_order, encoder_bytes, make_searcher
+from service.targets import within_target
 from workers import shipping
 from workers.spec import FullTraining, SearchTraining, TrialSpec
 
@@ -304,8 +306,16 @@ class JobRunner:
 
     async def _propose(self, n: int, first_number: int, step: int) -> list[Trial]:
         """One step: ask the searcher for `n` candidates (in the fit process, or a thread for
-        random search) and persist them as pending trials of `step`, with their kernels."""
+        random search) and persist them as pending trials of `step`, with their kernels. A
+        budgeted job's first step starts with the budget's seeds (`embedding.budget`)."""
         job = self.job
+        seeds: list[tuple[str, Action]] = []
+        if first_number == 0 and job.target is not None:
+            seeds = await asyncio.to_thread(
+                budget_seeds, self.searcher.space, job.target["value"], job.target["measure"]
+            )
+            seeds = seeds[:n]
+        m = n - len(seeds)
 
         # Deterministic proposals: a per-proposal seed, and observations / pending candidates
         # in trial-number order (not completion order), so a resumed job proposes exactly what
@@ -314,7 +324,7 @@ class JobRunner:
 
         def suggest() -> list[Action]:
             self.searcher.rng = np.random.default_rng(rng_key)
-            return self.searcher.suggest(n)
+            return self.searcher.suggest(m)
 
         async with self._lock:
             log.info(
@@ -322,21 +332,30 @@ class JobRunner:
                 self.job_id, n, len(self.searcher.rewards), self.searcher.kind,
             )  # fmt: skip
             canonical_order(self.searcher, self.numbers)
-            if self.searcher.kind == "random":  # cheap: no fit
+            self.searcher.mark_pending([a for _, a in seeds])  # never proposed again
+            actions: list[Action] = []
+            kernels: list[int | None] = []
+            if m > 0 and self.searcher.kind == "random":  # cheap: no fit
                 actions = await in_daemon_thread(suggest)
-            else:
+            elif m > 0:
                 actions = await self.s.fitter.propose(
-                    self.searcher, job, self.job_key, self.teacher_args, n, rng_key
+                    self.searcher, job, self.job_key, self.teacher_args, m, rng_key
                 )
-            kernels = list(self.searcher.last_kernels)
-            log.info("job %d: step %d proposed trials %d..%d (kernels %s)", self.job_id, step,
-                     first_number, first_number + len(actions) - 1, kernels)  # fmt: skip
+            if m > 0:
+                kernels = list(self.searcher.last_kernels)
+            actions = [a for _, a in seeds] + actions
+            kernels = [*(None for _ in seeds), *kernels]
+            tags: list[str | None] = [*(f"seed:{tag}" for tag, _ in seeds), *(None,) * m]
+            log.info("job %d: step %d proposed trials %d..%d (kernels %s, %d seeds)", self.job_id,
+                     step, first_number, first_number + len(actions) - 1, kernels,
+                     len(seeds))  # fmt: skip
 
         def store() -> list[Trial]:
             with self.s.storage.session() as repo:
                 return repo.create_trials(
-                    self.job_id, [a.to_dict() for a in actions], step=step, kernels=kernels
-                )
+                    self.job_id, [a.to_dict() for a in actions], step=step, kernels=kernels,
+                    tags=tags,
+                )  # fmt: skip
 
         trials = await self.s.db(store)
         self.numbers.update((a.key, t.number) for a, t in zip(actions, trials, strict=True))
@@ -354,6 +373,7 @@ class JobRunner:
             reward=self.job.reward,
             return_weights=True,
             latency=self.job.latency,
+            target=self.job.target["value"] if self.job.target is not None else None,
         ).to_dict()
         current = trial
 
@@ -493,7 +513,9 @@ class JobRunner:
                     for t in repo.job_trials(self.job_id)
                     if t.status is TrialState.SUCCEEDED and t.reward is not None
                 ]
-            done.sort(key=lambda t: (-(t.reward or 0.0), t.number))
+            # a budgeted job trains the students within its budget first
+            done.sort(key=lambda t: (not within_target(job.target, t.params, t.flops),
+                                     -(t.reward or 0.0), t.number))  # fmt: skip
             return done[: job.top_k]
 
         todo = [t for t in await s.db(top) if t.final_accuracy is None]

@@ -37,6 +37,8 @@ class CheckedTeacher:
     params: int
     input_shape: tuple[int, int, int]
     accuracy: float | None
+    #: the limits of a size budget: "flops", "min_params", "min_flops" (`Teacher.sizes`)
+    sizes: dict[str, int] | None = None
 
 
 async def check_teacher(
@@ -102,4 +104,5 @@ async def check_teacher(
         params=int(answer["params"]),
         input_shape=tuple(int(x) for x in answer["input_shape"]),  # type: ignore[arg-type]
         accuracy=None if acc is None else float(acc),
+        sizes={k: int(v) for k, v in answer["sizes"].items()} if answer.get("sizes") else None,
     )

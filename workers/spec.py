@@ -16,6 +16,7 @@ __all__ = [
     "LATENCY_BACKENDS",
     "LatencySpec",
     "REWARDS",
+    "SIZE_TARGETS",
     "SearchTraining",
     "TeacherTraining",
     "TrainingFailedError",
@@ -195,7 +196,9 @@ class TeacherTraining(_Settings):
 
 
 #: What the compression C of the reward is measured on.
-REWARDS = ("params", "flops", "latency", "latency_target")
+REWARDS = ("params", "flops", "latency", "latency_target", "params_target", "flops_target")
+#: The rewards that bound a size measure (`TrialSpec.target`), and that measure.
+SIZE_TARGETS = {"params_target": "params", "flops_target": "flops"}
 
 #: Where a latency can be measured (see `workers.latency`).
 LATENCY_BACKENDS = ("onnxruntime-cpu", "torch-cpu", "torch-cuda")
@@ -270,6 +273,7 @@ class TrialSpec:
         latency: `LatencySpec.to_dict()` of the target on which the student and the teacher
             are timed (None: not measured, unless the reward is "latency", which then uses
             the default target).
+        target: the budget of a `SIZE_TARGETS` reward, in parameters or FLOPs (absolute).
     """
 
     trial_id: int
@@ -279,6 +283,7 @@ class TrialSpec:
     reward: str = "params"
     return_weights: bool = True
     latency: dict[str, Any] | None = None
+    target: float | None = None
 
     def validate(self) -> None:
         if self.reward not in REWARDS:
@@ -287,6 +292,14 @@ class TrialSpec:
         spec = self.latency_spec()
         if spec is not None:
             spec.validate()
+        if self.reward in SIZE_TARGETS:
+            t = self.target
+            if isinstance(t, bool) or not isinstance(t, int | float) or not math.isfinite(t) \
+                    or t <= 0:
+                raise BadSpecError(
+                    f"reward {self.reward!r} needs a positive budget `target` (the "
+                    f"{SIZE_TARGETS[self.reward]} a student may have), got {t!r}"
+                )
         if self.reward == "latency_target" and (spec is None or spec.target_ms is None):
             raise BadSpecError(
                 "reward 'latency_target' needs a latency budget: latency.target_ms (e.g. "

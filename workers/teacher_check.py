@@ -21,11 +21,14 @@ __all__ = ["TeacherFacts", "check_teacher", "main", "measure_accuracy"]
 
 @dataclass(frozen=True)
 class TeacherFacts:
-    """What the checks found: the network's size, the dataset's input shape, the accuracy."""
+    """What the checks found: the network's size, the dataset's input shape, the accuracy, and
+    the limits of a size budget (the teacher's FLOPs; the smallest student's parameters and
+    FLOPs, counted by its compression space)."""
 
     params: int
     input_shape: tuple[int, int, int]
     accuracy: float | None
+    sizes: dict[str, int]
 
 
 def check_teacher(
@@ -56,6 +59,7 @@ def check_teacher(
     """
     from embedding.fx_trace import trace
     from embedding.graph import UnsupportedModelError
+    from embedding.space import CompressionSpace
     from workers import zoo
     from workers.dataspec import dataset_info
     from workers.spec import ONNX_ARCH, BadSpecError
@@ -88,9 +92,13 @@ def check_teacher(
         except zoo.UnknownModelError as e:  # an unknown name, or a plugin that fails: the user's
             raise BadSpecError(str(e)) from e
     try:
-        trace(model, input_shape)  # the search must be able to read it (plugins, ONNX)
+        graph = trace(model, input_shape)  # the search must be able to read it (plugins, ONNX)
     except UnsupportedModelError as e:
         raise BadSpecError(f"the search cannot read this network: {e}") from e
+    space = CompressionSpace(graph)
+    smallest = space.most_aggressive_action()
+    sizes = {"flops": space.num_flops(space.empty_action()),
+             "min_params": space.num_params(smallest), "min_flops": space.num_flops(smallest)}
     params = sum(p.numel() for p in model.parameters())
     if weights is not None:
         from workers.export import load_state_safetensors
@@ -104,7 +112,7 @@ def check_teacher(
                     f"the weights score 0 accuracy on {dataset!r}'s validation split; "
                     "wrong dataset?"
                 )
-    return TeacherFacts(params, input_shape, accuracy)
+    return TeacherFacts(params, input_shape, accuracy, sizes)
 
 
 def _onnx_teacher(data: bytes, num_classes: int, input_shape: tuple[int, int, int]) -> Any:

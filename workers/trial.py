@@ -22,6 +22,7 @@ from torch import nn
 from embedding.fx_trace import trace
 from embedding.graph import UnsupportedModelError
 from embedding.reward import (
+    budget_reward,
     compression,
     latency_reward,
     latency_target_reward,
@@ -47,6 +48,7 @@ from workers.export import (
 from workers.latency import Latency, measure_latency
 from workers.progress import Progress
 from workers.spec import (
+    SIZE_TARGETS,
     BadSpecError,
     FullTraining,
     LatencySpec,
@@ -341,15 +343,17 @@ def run_trial(
             t_latency = time.perf_counter() - t2
         size: float
         teacher_size: float
-        if spec.reward == "params":
+        if spec.reward in ("params", "params_target"):
             size, teacher_size = params, state.space.teacher_params
-        elif spec.reward == "flops":
+        elif spec.reward in ("flops", "flops_target"):
             size, teacher_size = flops, state.teacher_flops
         elif latency is None or teacher_latency is None or target is None:
             raise BadSpecError(f"reward {spec.reward!r} needs a latency target")
         else:  # latency, latency_target
             size, teacher_size = latency.median_ms, teacher_latency.median_ms
-        if spec.reward == "latency_target":
+        if spec.reward in SIZE_TARGETS and spec.target is not None:
+            value = budget_reward(result.best_accuracy, ctx.teacher_accuracy, size, spec.target)
+        elif spec.reward == "latency_target":
             if target is None or target.target_ms is None:
                 raise BadSpecError("reward 'latency_target' needs latency.target_ms")
             value = latency_target_reward(

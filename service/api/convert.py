@@ -16,6 +16,7 @@ from service.api.schemas import (
     Progress,
     RunProgress,
     SearchTrainingIn,
+    TargetPublic,
     TeacherPublic,
     TrialPublic,
 )
@@ -37,7 +38,7 @@ def teacher_public(t: Teacher) -> TeacherPublic:
     return TeacherPublic(
         id=t.id, arch=t.arch, name=t.name, num_classes=t.num_classes, dataset=t.dataset,
         status=t.status.value, source=t.source, accuracy=t.accuracy,  # type: ignore[arg-type]
-        params=t.params, input_shape=list(t.input_shape), error=t.error,
+        params=t.params, sizes=t.sizes, input_shape=list(t.input_shape), error=t.error,
         progress=_progress(t.progress), created_at=utc(t.created_at),
         updated_at=utc(t.updated_at),
     )  # fmt: skip
@@ -66,7 +67,7 @@ def trial_public(t: Trial) -> TrialPublic:
         has_card=t.card is not None,
         step=t.step, kernel=t.kernel,
         progress=_progress(t.progress), latency_ms=t.latency_ms,
-        teacher_latency_ms=t.teacher_latency_ms, latency_spread=t.latency_spread,
+        teacher_latency_ms=t.teacher_latency_ms, latency_spread=t.latency_spread, tag=t.tag,
         lost_attempts=[LostAttempt(**e) for e in t.lost_attempts],
         heartbeat_at=_utc(t.heartbeat_at), created_at=utc(t.created_at),
         started_at=_utc(t.started_at),
@@ -96,6 +97,7 @@ def job_public(repo: Repository, j: Job, waiting: str | None = None) -> JobPubli
         full_training=FullTrainingIn(**j.full_training),
         reward=j.reward,  # type: ignore[arg-type]
         latency=LatencyIn(**j.latency) if j.latency is not None else None,
+        target=TargetPublic(**j.target) if j.target is not None else None,
         seed=j.seed, embedding_from=j.embedding_from, embedding_source=_source(repo, j),
         searcher=EsnacOptions(**j.searcher),
         status=j.status.value, error=j.error,

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from embedding.options import INHERITANCE as _INHERITANCE
 from embedding.options import PRESETS as _PRESETS
 from embedding.options import EsnacOptions as _Esnac
-from workers.spec import LATENCY_BACKENDS, WorkerError
+from workers.spec import LATENCY_BACKENDS, REWARDS, SIZE_TARGETS, WorkerError
 from workers.spec import FullTraining as _Full
 from workers.spec import LatencySpec as _Latency
 from workers.spec import SearchTraining as _Search
@@ -33,6 +33,8 @@ __all__ = [
     "SearchTrainingIn",
     "TeacherPublic",
     "TeacherStatus",
+    "TargetIn",
+    "TargetPublic",
     "TeacherTrain",
     "TrialPage",
     "TrialPublic",
@@ -98,6 +100,11 @@ class TeacherPublic(BaseModel):
     source: Literal["upload", "trained"]
     accuracy: float | None = Field(description="validation accuracy in [0, 1]")
     params: int
+    sizes: dict[str, int] | None = Field(
+        default=None, description="what a size budget is checked against: flops (the "
+        "teacher's per image), min_params and min_flops (the smallest student its space can "
+        "build); null for teachers registered before they were counted",
+    )  # fmt: skip
     input_shape: list[int]
     error: str | None = None
     progress: RunProgress | None = Field(
@@ -162,6 +169,27 @@ class LatencyIn(_In):
     )
 
 
+class TargetIn(_In):
+    """The budget of reward `params_target` or `flops_target`: one of an absolute count (of the
+    reward's measure) or `times_smaller`, a factor relative to the teacher."""
+
+    params: int | None = Field(default=None, description="at most this many parameters (> 0)")
+    flops: int | None = Field(default=None, description="at most this many FLOPs a 1-image "
+                              "forward pass (> 0)")  # fmt: skip
+    times_smaller: float | None = Field(
+        default=None, description="at most the teacher's size divided by this (> 1; 5 means 5x)"
+    )
+
+
+class TargetPublic(BaseModel):
+    """A job's size budget, resolved."""
+
+    measure: Literal["params", "flops"]
+    value: float = Field(description="the budget: a student meets it with at most this size")
+    times_smaller: float | None = Field(description="the factor asked for, if any")
+    teacher: float = Field(description="the teacher's size on the same measure")
+
+
 class EsnacOptions(_In):
     """Advanced knobs of the ESNAC searcher (defaults: the paper's, except that the LSTM
     encoder stays at its initialisation, `train_encoder` false, and students keep the teacher's
@@ -224,12 +252,17 @@ class JobCreate(_In):
     search: SearchTrainingIn = Field(default_factory=SearchTrainingIn)
     top_k: int = Field(default=4, ge=0, le=64, description="students fully trained at the end")
     full_training: FullTrainingIn = Field(default_factory=FullTrainingIn)
-    reward: Literal["params", "flops", "latency", "latency_target"] = Field(
+    reward: Literal[REWARDS] = Field(  # type: ignore[valid-type]
         default="params",
         description="params / flops / latency: f = C(2 - C)·A with C the compression of that "
         "measure (latency: measured on `latency`'s target, the default one when not given); "
-        "latency_target: accuracy under the budget latency.target_ms, f = A within it and "
-        "A·target/latency beyond",
+        "latency_target / params_target / flops_target: accuracy under a budget "
+        "(latency.target_ms, or `target`), f = A within it and A·budget/size beyond",
+    )
+    target: TargetIn | None = Field(
+        default=None,
+        description='the size budget of params_target / flops_target: {"params": 100000}, '
+        '{"flops": 10000000} or {"times_smaller": 5}',
     )
     latency: LatencyIn | None = Field(
         default=None,
@@ -241,6 +274,21 @@ class JobCreate(_In):
         default=None, description="a finished esnac job whose learned encoder to start from"
     )
     searcher: EsnacOptions = Field(default_factory=EsnacOptions)
+
+    @model_validator(mode="after")
+    def _target_rules(self) -> JobCreate:
+        if self.reward in SIZE_TARGETS and self.target is None:
+            measure = SIZE_TARGETS[self.reward]
+            raise ValueError(
+                f"reward {self.reward!r} needs a budget: \"target\": {{\"{measure}\": ...}} or "
+                '{"times_smaller": 5}'
+            )
+        if self.target is not None and self.reward not in SIZE_TARGETS:
+            raise ValueError(
+                f"`target` is the budget of reward {' or '.join(SIZE_TARGETS)}; "
+                f"reward is {self.reward!r}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _latency_rules(self) -> JobCreate:
@@ -333,6 +381,11 @@ class TrialPublic(BaseModel):
     latency_spread: float | None = Field(
         default=None, description="(p90 - p10) / median of the student's timed runs"
     )
+    tag: str | None = Field(
+        default=None, description="seed:uniform / seed:global: a budget's seed (the uniform "
+        "shrink and global magnitude pruning to the budget), added to the first step; null: "
+        "proposed by the searcher",
+    )  # fmt: skip
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -363,8 +416,9 @@ class JobPublic(BaseModel):
     search: SearchTrainingIn
     top_k: int
     full_training: FullTrainingIn
-    reward: Literal["params", "flops", "latency", "latency_target"]
+    reward: Literal[REWARDS]  # type: ignore[valid-type]
     latency: LatencyIn | None
+    target: TargetPublic | None = None
     seed: int
     embedding_from: int | None
     embedding_source: EmbeddingSource | None = None

@@ -21,6 +21,7 @@ from service.cli.render import (
     ranked_trials,
     result_headers,
     results_rows,
+    within_target,
 )
 
 __all__ = [
@@ -165,6 +166,13 @@ def job_body(args: argparse.Namespace) -> dict[str, Any]:
     }
     if latency:
         body["latency"] = latency
+    for opt, measure in (("target_params", "params"), ("target_flops", "flops")):
+        if getattr(args, opt, None) is not None:
+            body.setdefault("reward", f"{measure}_target")
+            body["target"] = {measure: getattr(args, opt)}
+    if getattr(args, "compression", None) is not None:
+        body.setdefault("reward", "params_target")
+        body["target"] = {"times_smaller": args.compression}
     search: dict[str, Any] = {}
     for opt, key in (
         ("search_epochs", "epochs"),
@@ -334,9 +342,15 @@ def print_results(
         f"job {job['id']} ({job['status']}): {evaluated} students evaluated{shown}, "
         f"teacher {teacher['arch']} on {job['dataset']}"
     )
+    target = job.get("target")
+    if target:
+        meets = sum(within_target(target, t) for t in ranked_trials(trials))
+        asked = f" ({target['times_smaller']:g}x smaller)" if target.get("times_smaller") else ""
+        print(f"budget: at most {format_count(int(target['value']))} {target['measure']}{asked};"
+              f" {meets} of {evaluated} students meet it")  # fmt: skip
     latency = has_latency(trials)
-    rows = results_rows(trials, teacher, top, latency, pareto)
-    print(format_table(result_headers(latency), rows))
+    rows = results_rows(trials, teacher, top, latency, pareto, target)
+    print(format_table(result_headers(latency, target is not None), rows))
 
 
 def _check_pareto(job: dict[str, Any], trials: list[dict[str, Any]], pareto: str | None) -> None:

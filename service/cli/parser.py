@@ -44,6 +44,38 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def _count(text: str) -> int:
+    """A positive count with an optional k / M / G suffix: 100k, 1.5M, 250000."""
+    t = text.strip().replace("_", "").replace(",", "")
+    number, unit = (t[:-1], t[-1].lower()) if t and t[-1].isalpha() else (t, "")
+    try:
+        value = float(number) * _UNITS[unit]
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a count: a number with an optional k, M or G suffix (100k, 1.5M)"
+        ) from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    return int(value)
+
+
+def _factor(text: str) -> float:
+    """How many times smaller: 5x, 2.5x or 5."""
+    t = text.strip().lower().removesuffix("x")
+    try:
+        value = float(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a factor: how many times smaller than the teacher, e.g. 5x"
+        ) from None
+    if not value > 1:
+        raise argparse.ArgumentTypeError(f"must be more than 1 (e.g. 5x), got {text!r}")
+    return value
+
+
 def _add_client_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("server")
     group.add_argument(
@@ -104,6 +136,16 @@ def _add_search_options(parser: argparse.ArgumentParser, demo: bool = False) -> 
                    help="images per timed forward pass (default 1)")  # fmt: skip
     g.add_argument("--latency-target", default=None, type=float, metavar="MS",
                    help="the latency budget of --reward latency_target")  # fmt: skip
+    budget = g.add_mutually_exclusive_group()
+    budget.add_argument("--target-params", default=None, type=_count, metavar="N",
+                        help="the most accurate student with at most N parameters (100k, 1.5M): "
+                        "reward params_target")  # fmt: skip
+    budget.add_argument("--target-flops", default=None, type=_count, metavar="N",
+                        help="the most accurate student with at most N FLOPs per image (10M): "
+                        "reward flops_target")  # fmt: skip
+    budget.add_argument("--compression", default=None, type=_factor, metavar="Nx",
+                        help="the most accurate student N times smaller than the teacher (5x), "
+                        "in parameters (or FLOPs with --reward flops_target)")  # fmt: skip
     option("--seed", 0, JobCreate, "seed", "job seed", type=int)
     option("--kernels", None, EsnacOptions, "kernels", "ESNAC: kernels per step",
            type=_positive_int)  # fmt: skip

@@ -22,6 +22,7 @@ __all__ = [
     "result_headers",
     "ranked_trials",
     "results_rows",
+    "within_target",
 ]
 
 TERMINAL_JOB_STATES = frozenset({"succeeded", "failed", "cancelled"})
@@ -113,12 +114,20 @@ def has_latency(trials: Sequence[dict[str, Any]]) -> bool:
     return any(t.get("latency_ms") is not None for t in trials)
 
 
-def result_headers(latency: bool) -> tuple[str, ...]:
-    """The result table's headers, with a `latency` column after `params` when measured."""
+def within_target(target: dict[str, Any], trial: dict[str, Any]) -> bool:
+    """Whether a student meets a job's size budget (`JobPublic.target`)."""
+    size = trial.get(target["measure"])
+    return size is not None and size <= target["value"]
+
+
+def result_headers(latency: bool, budget: bool = False) -> tuple[str, ...]:
+    """The result table's headers, with a `latency` column after `params` when measured and a
+    `budget` column (whether the student meets the job's) at the end for a budgeted job."""
+    headers = RESULT_HEADERS + (("budget",) if budget else ())
     if not latency:
-        return RESULT_HEADERS
-    i = RESULT_HEADERS.index("params") + 1
-    return (*RESULT_HEADERS[:i], "latency", *RESULT_HEADERS[i:])
+        return headers
+    i = headers.index("params") + 1
+    return (*headers[:i], "latency", *headers[i:])
 
 
 def results_rows(
@@ -127,11 +136,13 @@ def results_rows(
     top: int,
     latency: bool = False,
     pareto: str | None = None,
+    target: dict[str, Any] | None = None,
 ) -> list[list[Any]]:
     """Rows of the result table: the teacher first, then the `top` best students (with the
-    `result_headers(latency)` columns; the teacher's latency is the median of its
-    measurements on the trials' workers). With `pareto` (a `PARETO_AXES` key) the students are
-    the Pareto front on that axis and accuracy, smallest first, instead of the best rewards."""
+    `result_headers(latency, target is not None)` columns; the teacher's latency is the median
+    of its measurements on the trials' workers). With `pareto` (a `PARETO_AXES` key) the
+    students are the Pareto front on that axis and accuracy, smallest first, instead of the
+    best rewards; with `target` (a job's size budget) a last column says which meet it."""
     students = pareto_trials(trials, pareto) if pareto else ranked_trials(trials)
     teacher_params = int(teacher["params"])
     rows: list[list[Any]] = [
@@ -164,6 +175,10 @@ def results_rows(
                 _pct(final.get("accuracy")),
             ]
         )
+        if target is not None:
+            rows[-1].append("meets" if within_target(target, t) else "over")
+    if target is not None:
+        rows[0].append("-")
     if latency:
         i = RESULT_HEADERS.index("params") + 1
         measured = [t["teacher_latency_ms"] for t in trials if t.get("teacher_latency_ms")]
@@ -179,10 +194,11 @@ def _ms(x: float | None) -> str | None:
 
 
 def _step_kernel(t: dict[str, Any]) -> str:
-    """`step/kernel` of the proposal ("1/3"); "0/-" for a random pick, "-" for old trials."""
+    """`step/kernel` of the proposal ("1/3"); "0/-" for a random pick, "0/seed:uniform" for a
+    budget's seed, "-" for old trials."""
     if t.get("step") is None:
         return "-"
-    kernel = t.get("kernel")
+    kernel = t.get("tag") or t.get("kernel")
     return f"{t['step']}/{'-' if kernel is None else kernel}"
 
 

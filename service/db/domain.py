@@ -115,6 +115,9 @@ class Teacher:
     progress: dict[str, Any] | None = None
     #: the user's name for it (ONNX uploads), None when unnamed
     name: str | None = None
+    #: what a size budget is checked against: "flops" (the teacher's), "min_params" and
+    #: "min_flops" (the smallest student its space can build); None: checked before they were
+    sizes: dict[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,9 @@ class Job:
     updated_at: datetime
     #: the latency target (`workers.spec.LatencySpec` fields; None: latency is not measured)
     latency: dict[str, Any] | None = None
+    #: the size budget of a `*_target` reward: {"measure": "params" | "flops", "value": the
+    #: absolute budget, "times_smaller": the factor asked for or None}
+    target: dict[str, Any] | None = None
 
     @property
     def budget(self) -> int:
@@ -191,3 +197,6 @@ class Trial:
     latency_spread: float | None = None
     #: a fully trained student's model card (`workers.export`), None before full training
     card: dict[str, Any] | None = None
+    #: why the trial exists beside the searcher's proposals: "seed:uniform" / "seed:global"
+    #: (the budget's seeds, `embedding.budget`); None: proposed by the searcher
+    tag: str | None = None

@@ -55,6 +55,7 @@ class TeacherModel(Base):
     weights_id: Mapped[int | None] = mapped_column(ForeignKey("artifacts.id"))
     error: Mapped[str | None] = mapped_column(Text)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    sizes: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     updated_at: Mapped[datetime] = mapped_column(DateTime)
 
@@ -73,6 +74,7 @@ class JobModel(Base):
     full_training: Mapped[dict[str, Any]] = mapped_column(JSON)
     reward: Mapped[str] = mapped_column(String(16))
     latency: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    target: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     seed: Mapped[int] = mapped_column(BigInteger)
     embedding_from: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     searcher: Mapped[dict[str, Any]] = mapped_column(JSON)
@@ -123,6 +125,7 @@ class TrialModel(Base):
     teacher_latency_ms: Mapped[float | None] = mapped_column(Float)
     latency_spread: Mapped[float | None] = mapped_column(Float)
     card: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    tag: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)

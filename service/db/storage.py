@@ -228,6 +228,7 @@ def _teacher(m: TeacherModel) -> Teacher:
         train_settings=m.train_settings, weights_id=m.weights_id, error=m.error,
         created_at=m.created_at, updated_at=m.updated_at,
         progress=dict(m.progress) if m.progress is not None else None, name=m.name,
+        sizes=dict(m.sizes) if m.sizes is not None else None,
     )  # fmt: skip
 
 
@@ -240,6 +241,7 @@ def _job(m: JobModel) -> Job:
         error=m.error, encoder_id=m.encoder_id, created_at=m.created_at,
         started_at=m.started_at, finished_at=m.finished_at, updated_at=m.updated_at,
         latency=dict(m.latency) if m.latency is not None else None,
+        target=dict(m.target) if m.target is not None else None,
     )  # fmt: skip
 
 
@@ -258,6 +260,7 @@ def _trial(m: TrialModel) -> Trial:
         heartbeat_at=m.heartbeat_at, lost_attempts=list(m.lost_attempts or []),
         latency_ms=m.latency_ms, teacher_latency_ms=m.teacher_latency_ms,
         latency_spread=m.latency_spread, card=dict(m.card) if m.card is not None else None,
+        tag=m.tag,
     )  # fmt: skip
 
 
@@ -305,6 +308,7 @@ class Repository:
         weights_id: int | None = None,
         train_settings: dict[str, Any] | None = None,
         name: str | None = None,
+        sizes: dict[str, int] | None = None,
     ) -> Teacher:
         now = utcnow()
         m = TeacherModel(
@@ -312,6 +316,7 @@ class Repository:
             status=TeacherState(status).value, source=source,
             accuracy=accuracy, params=params, input_shape=list(input_shape),
             train_settings=train_settings, weights_id=weights_id, created_at=now, updated_at=now,
+            sizes=sizes,
         )  # fmt: skip
         self._s.add(m)
         self._s.flush()
@@ -462,6 +467,7 @@ class Repository:
         *,
         step: int | None = None,
         kernels: Sequence[int | None] | None = None,
+        tags: Sequence[str | None] | None = None,
     ) -> list[Trial]:
         """Append pending trials, numbered after the job's existing ones.
 
@@ -470,9 +476,12 @@ class Repository:
             actions: one action (JSON dict) per trial.
             step: the search step that proposed them.
             kernels: the kernel that proposed each (None entries: not model-based).
+            tags: why each exists beside the searcher's proposals (`Trial.tag`).
         """
         if kernels is not None and len(kernels) != len(actions):
             raise StorageError(f"{len(actions)} actions but {len(kernels)} kernels")
+        if tags is not None and len(tags) != len(actions):
+            raise StorageError(f"{len(actions)} actions but {len(tags)} tags")
         job = self._s.get(JobModel, job_id, with_for_update=True)
         if job is None:
             raise NotFoundError(f"job {job_id} not found")
@@ -495,6 +504,7 @@ class Repository:
                 seconds={},
                 step=step,
                 kernel=None if kernels is None else kernels[k],
+                tag=None if tags is None else tags[k],
                 created_at=now,
                 updated_at=now,
             )  # fmt: skip

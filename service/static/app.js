@@ -195,7 +195,9 @@
     ["number", "trial", (t) => t.number, (t) => t.id],
     ["status", "status", (t) => t.status, (t) => badge(t.status) + trialProgress(t)],
     ["step", "step", (t) => t.step, (t) => (t.step == null ? "–" : t.step), "num"],
-    ["kernel", "kernel", (t) => t.kernel, (t) => (t.kernel == null ? "–" : t.kernel), "num"],
+    ["kernel", "kernel", (t) => t.kernel, (t) => (t.tag
+      ? `<span class="seed" title="a seed of the budget: ${esc(t.tag)}">${esc(t.tag)}</span>`
+      : t.kernel == null ? "–" : t.kernel), "num"],
     ["params", "params", (t) => t.params, (t) => count(t.params), "num"],
     ["flops", "FLOPs", (t) => t.flops, (t) => count(t.flops), "num"],
     ["latency_ms", "latency", (t) => t.latency_ms,
@@ -217,7 +219,21 @@
     const target = lat ? ` (${esc(lat.backend)}, batch ${lat.batch}, ${lat.threads} thread${lat.threads > 1 ? "s" : ""})` : "";
     if (job.reward === "latency_target") return `reward: accuracy within ${lat.target_ms} ms${target}`;
     if (job.reward === "latency") return `reward on measured latency${target}`;
+    if (job.target) return `reward: accuracy within ${budgetText(job.target)}${lat ? ` · latency measured${target}` : ""}`;
     return `reward on ${esc(job.reward)}${lat ? ` · latency measured${target}` : ""}`;
+  }
+
+  // A size budget in words: "54.5k params (5× smaller)".
+  function budgetText(target) {
+    const times = target.times_smaller ? ` (${target.times_smaller}× smaller)` : "";
+    return `${count(Math.floor(target.value))} ${esc(target.measure)}${times}`;
+  }
+
+  // Whether a student meets the job's size budget (true without one).
+  function withinBudget(job, t) {
+    if (!job.target) return true;
+    const size = t[job.target.measure];
+    return size != null && size <= job.target.value;
   }
 
   // A running trial's epochs as a bar, with its last validation accuracy (from the heartbeat).
@@ -420,11 +436,13 @@
       document.getElementById("topk").innerHTML = finals.length ? `<table class="grid-table">
         <thead><tr><th>trial</th><th class="num">params</th><th class="num">times smaller</th>
           <th class="num">search acc.</th><th class="num">final acc.</th><th class="num">reward</th>
+          ${job.target ? "<th>budget</th>" : ""}
           <th>download</th></tr></thead><tbody>${finals.map((t) => `<tr data-final-id="${t.id}">
-          <td>${t.id}</td><td class="num">${count(t.final.params)}</td>
+          <td>${t.id}${t.tag ? ` <span class="seed">${esc(t.tag)}</span>` : ""}</td><td class="num">${count(t.final.params)}</td>
           <td class="num">${teacher ? (teacher.params / t.final.params).toFixed(2) + "×" : "–"}</td>
           <td class="num">${pct(t.accuracy)}</td><td class="num"><b>${pct(t.final.accuracy)}</b></td>
           <td class="num">${num(t.reward)}</td>
+          ${job.target ? `<td class="budget">${withinBudget(job, t) ? "meets" : "over"}</td>` : ""}
           <td><a class="dl" href="/v1/trials/${t.id}/weights" download="trial-${t.id}.safetensors">weights</a>
             ${t.final.has_onnx ? `<a class="dl" href="/v1/trials/${t.id}/onnx" download="trial-${t.id}.onnx">ONNX</a>` : ""}</td>
           </tr>`).join("")}</tbody></table>`

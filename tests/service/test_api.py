@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import pickle
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -231,6 +233,41 @@ def test_a_latency_reward_records_its_target(client: TestClient, resnet20_bytes:
     job = client.post("/v1/jobs", json=body, headers=AUTH).json()
     assert job["reward"] == "params" and job["latency"]["threads"] == 2
     assert client.get(f"/v1/jobs/{job['id']}").json()["latency"] == job["latency"]
+
+
+def test_size_budgets_are_resolved_and_bad_ones_refused(
+    client: TestClient, resnet20_bytes: bytes
+) -> None:
+    teacher = _upload(client, resnet20_bytes).json()
+    tid, params = teacher["id"], teacher["params"]
+    # the teacher check counted what a budget is checked against
+    assert teacher["sizes"]["flops"] == 81_626_368 and teacher["sizes"]["min_params"] == 67
+
+    def job(reward: str, target: dict[str, Any] | None) -> httpx.Response:
+        body = {"teacher_id": tid, "reward": reward, "target": target}
+        return client.post("/v1/jobs", json=body, headers=AUTH)
+
+    r = job("params_target", {"times_smaller": 5})
+    assert r.status_code == 201, r.text
+    assert r.json()["target"] == {"measure": "params", "value": params / 5, "times_smaller": 5.0,
+                                  "teacher": params}  # fmt: skip
+    assert client.get(f"/v1/jobs/{r.json()['id']}").json()["target"] == r.json()["target"]
+    r = job("flops_target", {"flops": 10_000_000})
+    assert r.status_code == 201 and r.json()["target"]["value"] == 10_000_000, r.text
+    bad = [  # what a budget may not be, and what the refusal says is allowed
+        ("params_target", {"params": 0}, "must be positive"),
+        ("params_target", {"times_smaller": 0.5}, "more than 1"),
+        ("params_target", {"params": params + 1}, "ask for less than that"),
+        ("params_target", {"params": 10}, "below the smallest student"),
+        ("flops_target", {"times_smaller": 10**7}, "ask for at least that"),
+        ("params_target", {"flops": 10**6}, "takes a target of params or times_smaller"),
+        ("params_target", {"megaparams": 1}, "Extra inputs"),
+        ("params_target", None, "needs a budget"),
+        ("params", {"params": 1000}, "is the budget of reward params_target or flops_target"),
+    ]
+    for reward, target, needle in bad:
+        r = job(reward, target)
+        assert r.status_code == 422 and needle in r.text, (reward, target, r.text)
 
 
 def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: bytes) -> None:

@@ -155,6 +155,40 @@ def test_submit_body_only_sets_given_options() -> None:
     assert body["latency"] == {"backend": "torch-cpu", "threads": 2, "target_ms": 1.5}
 
 
+def test_budget_flags_set_the_reward_and_its_target(capsys: pytest.CaptureFixture[str]) -> None:
+    def body(*flags: str) -> dict:
+        return job_body(build_parser().parse_args(["submit", "--teacher", "3", *flags]))
+
+    assert body("--target-params", "100k") == {
+        "teacher_id": 3, "reward": "params_target", "target": {"params": 100_000}}  # fmt: skip
+    assert body("--target-params", "1.5M")["target"] == {"params": 1_500_000}
+    assert body("--target-flops", "10M") == {
+        "teacher_id": 3, "reward": "flops_target", "target": {"flops": 10_000_000}}  # fmt: skip
+    assert body("--compression", "5x")["target"] == {"times_smaller": 5.0}
+    assert body("--compression", "2.5")["reward"] == "params_target"
+    assert body("--compression", "5x", "--reward", "flops_target")["reward"] == "flops_target"
+    for flags, needle in ((("--target-params", "100q"), "optional k, M or G suffix"),
+                          (("--target-params", "0"), "at least 1"),
+                          (("--compression", "fivex"), "e.g. 5x"),
+                          (("--compression", "1x"), "more than 1"),
+                          (("--compression", "5x", "--target-params", "1k"), "not allowed with")):
+        with pytest.raises(SystemExit) as exc:
+            body(*flags)
+        assert exc.value.code == 2 and needle in capsys.readouterr().err, flags
+
+
+def test_result_table_shows_the_budget_and_the_seeds() -> None:
+    teacher = {"arch": "resnet20", "params": 1000, "accuracy": 0.95}
+    trials = [_trial(1, 0.9, 200), _trial(2, 0.8, 300), _trial(3, 0.5, 100)]
+    trials[0] |= {"step": 0, "kernel": None, "tag": "seed:uniform"}
+    target = {"measure": "params", "value": 250.0, "times_smaller": 4.0, "teacher": 1000}
+    headers = result_headers(False, budget=True)
+    rows = results_rows(trials, teacher, top=3, target=target)
+    assert headers[-1] == "budget" and all(len(r) == len(headers) for r in rows)
+    assert [r[-1] for r in rows] == ["-", "meets", "over", "meets"]
+    assert rows[1][2] == "0/seed:uniform"
+
+
 def _trial(i: int, reward: float | None, params: int, status: str = "succeeded") -> dict:
     return {"id": i, "number": i, "status": status, "reward": reward, "params": params,
             "accuracy": 0.9, "compression": 1 - params / 1000, "final": None}  # fmt: skip

@@ -115,6 +115,30 @@ def test_esnac_job_end_to_end(servers: list[Server], server_env, tmp_path: Path)
     for t in _all_trials(c, small["id"]):
         assert t["latency_ms"] > 0 and t["teacher_latency_ms"] > 0 and t["latency_spread"] >= 0
         assert t["compression"] == pytest.approx(1 - t["latency_ms"] / t["teacher_latency_ms"])
+    # a budget job (4x fewer parameters): its first step starts with the budget's two seeds,
+    # tagged, and its top-k students, fully trained, are all within the budget. Steps of 2
+    # random-search candidates: the seeds fill the first step, so this is the smallest job
+    # that also shows a searcher's step after them.
+    r = c.post("/v1/jobs", json={
+        "teacher_id": teacher["id"], "strategy": "random", "steps": 2, "per_step": 2,
+        "search": {"epochs": 1, "max_train_samples": 128, "batch_size": 64}, "top_k": 2,
+        "full_training": {"epochs": 1, "batch_size": 64}, "reward": "params_target",
+        "target": {"times_smaller": 4},
+    })  # fmt: skip
+    budget = _wait(c, f"/v1/jobs/{r.json()['id']}", _finished, 300)
+    assert budget["status"] == "succeeded", (budget, server.log.read_text()[-3000:])
+    limit = budget["target"]["value"]
+    assert limit == pytest.approx(teacher["params"] / 4)
+    btrials = _all_trials(c, budget["id"])
+    assert [t["tag"] for t in btrials[:2]] == ["seed:uniform", "seed:global"]
+    assert all(t["tag"] is None for t in btrials[2:]) and len(btrials) == 4
+    finals = [t for t in btrials if t["final"] is not None]
+    assert len(finals) == 2 and all(t["params"] <= limit for t in finals)
+    for t in btrials:  # f = A within the budget, A * budget / params beyond
+        a = t["accuracy"] / teacher["accuracy"]
+        want = a if t["params"] <= limit else a * limit / t["params"]
+        assert t["reward"] == pytest.approx(want)
+
     assert job["progress"]["succeeded"] == 4 and job["progress"]["finalized"] == 1
     assert job["has_encoder"]
     trials = _all_trials(c, job["id"])

@@ -47,6 +47,17 @@ def test_trial_result_is_complete_and_consistent(ctx: JobContext, state: Prepare
     assert again.accuracy == res.accuracy and again.history == res.history
     assert again.weights is None
     assert again.compression == pytest.approx(1 - res.flops / state.teacher_flops)
+    # A size budget: accuracy within it, shrunk by budget / size beyond it.
+    for reward_name, size in (("params_target", res.params), ("flops_target", res.flops)):
+        for budget in (2.0 * size, size / 2.0):
+            spec = TrialSpec(3, action, seed=1, training=TINY, reward=reward_name,
+                             return_weights=False, target=budget)  # fmt: skip
+            scored = run_trial(ctx, spec.to_dict(), cache=state)
+            assert scored.reward == pytest.approx(
+                res.accuracy / 0.8 * min(1.0, budget / size)
+            ), (reward_name, budget)
+    with pytest.raises(BadSpecError, match="needs a positive budget"):
+        TrialSpec(3, action, reward="params_target").validate()
 
 
 def test_logit_cache_is_built_once_per_job(ctx: JobContext, state: PreparedJob) -> None:

@@ -44,6 +44,7 @@ from service.db.storage import (
     encode_cursor,
     encode_job_cursor,
 )
+from service.targets import TargetError, resolve_target
 
 if TYPE_CHECKING:
     from service.scheduler import Scheduler
@@ -117,6 +118,12 @@ def create_job(
                 )
             _check_encoder(artifacts, repo, src.id, src.encoder_id)
             _check_learned(repo, src)
+        target = None
+        if body.target is not None:
+            try:
+                target = resolve_target(body.reward, body.target.model_dump(), teacher)
+            except TargetError as e:
+                raise _unprocessable(str(e)) from e
         # a latency reward without a target records the default one the workers use
         latency = body.latency or (LatencyIn() if body.reward == "latency" else None)
         job = repo.create_job(
@@ -124,7 +131,7 @@ def create_job(
             per_step=body.per_step, search=body.search.model_dump(), top_k=body.top_k,
             full_training=body.full_training.model_dump(), reward=body.reward, seed=body.seed,
             embedding_from=body.embedding_from, searcher=body.searcher.model_dump(),
-            latency=latency.model_dump() if latency is not None else None,
+            latency=latency.model_dump() if latency is not None else None, target=target,
         )  # fmt: skip
         out = job_public(repo, job)
     if scheduler is not None:

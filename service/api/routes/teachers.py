@@ -70,7 +70,7 @@ def _store_upload(
             return repo.create_teacher(
                 arch=arch, num_classes=num_classes, dataset=dataset, status=TeacherState.READY,
                 source="upload", params=checked.params, input_shape=checked.input_shape,
-                accuracy=checked.accuracy, weights_id=art.id, name=name,
+                accuracy=checked.accuracy, weights_id=art.id, name=name, sizes=checked.sizes,
             )  # fmt: skip
     except Exception:
         if art is not None:  # the transaction rolled back: remove its file too
@@ -169,7 +169,7 @@ async def train_teacher(
             return repo.create_teacher(
                 arch=body.arch, num_classes=body.num_classes, dataset=body.dataset,
                 status=TeacherState.TRAINING, source="trained", params=checked.params,
-                input_shape=checked.input_shape,
+                input_shape=checked.input_shape, sizes=checked.sizes,
                 train_settings=body.model_dump(exclude={"arch", "num_classes", "dataset"}),
             )  # fmt: skip
 
