@@ -17,6 +17,7 @@ __all__ = [
     "ENCODER_LAYERS",
     "INHERITANCE",
     "PRESETS",
+    "SAMPLERS",
     "EsnacOptions",
     "SearcherError",
 ]
@@ -27,6 +28,10 @@ __all__ = [
 #: the product default; "first" -- the first k channels, as the paper's code slices them.
 #: Defined here, with no torch import, so the REST layer can name the choices.
 INHERITANCE: tuple[str, ...] = ("importance", "first")
+
+#: Where a searcher's candidates come from (`embedding.candidates`; named here, with no torch
+#: import, for the REST layer).
+SAMPLERS: tuple[str, ...] = ("paper", "mixed")
 
 #: The shape of the searcher's LSTM encoder (the paper's: 4 bidirectional layers of 64), which
 #: a stored encoder must have to be reused by another job (`embedding_from`).
@@ -64,6 +69,10 @@ class EsnacOptions:
         inheritance: which teacher channels a shrunk channel group keeps, for every strategy
             (`embedding.space.INHERITANCE`): "importance" -- the largest group L2 magnitude,
             Torch-Pruning's rule, the default -- or "first", the paper's first-k slicing.
+        sampler: where the acquisition's candidates come from (`embedding.candidates`):
+            "paper" -- the paper's distribution (the default until a study says otherwise) --
+            or "mixed": half of it, a quarter near-uniform actions with few removals, a
+            quarter local moves around the best observed actions.
     """
 
     kernels: int = 8
@@ -74,6 +83,7 @@ class EsnacOptions:
     train_after: int = 0
     pretrain: bool = False
     inheritance: str = "importance"
+    sampler: str = "paper"
 
     def validate(self) -> None:
         """Raises `SearcherError` naming the first invalid option."""
@@ -91,6 +101,8 @@ class EsnacOptions:
             raise SearcherError(
                 f"inheritance must be one of {list(INHERITANCE)}, got {self.inheritance!r}"
             )
+        if self.sampler not in SAMPLERS:
+            raise SearcherError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,5 +131,5 @@ class EsnacOptions:
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"kernels": 8, "subset": 0.5, "candidates": 1000, "train_encoder": True,
               "warm_start": False, "train_after": 0, "pretrain": False,
-              "inheritance": "first"},  # fmt: skip
+              "inheritance": "first", "sampler": "paper"},  # fmt: skip
 }

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from botorch.acquisition import LogExpectedImprovement
 
+from embedding.candidates import CandidateSampler
 from embedding.encoder import DEFAULT_TRANSFORM, EncoderError, EncoderStack
 from embedding.kernel import to_unit_cube
 from embedding.model import FitReport, FitSettings, build_gp, fit_stack
@@ -37,6 +38,8 @@ class Searcher(ABC):
         candidate_pool: if given, every sampled action is drawn from these (those not yet
             observed or pending) instead of from the space's distributions: a replay on a
             tabulated pool of evaluated architectures (NAS-Bench style) proposes only members.
+        sampler: how candidates are drawn from the space otherwise (`CandidateSampler`;
+            default: the paper's distribution, no budget).
     """
 
     kind: str = "base"
@@ -47,8 +50,10 @@ class Searcher(ABC):
         *,
         seed: int = 0,
         candidate_pool: Sequence[Action] | None = None,
+        sampler: CandidateSampler | None = None,
     ) -> None:
         self.space = space
+        self.sampler = sampler if sampler is not None else CandidateSampler(space)
         self.seed = int(seed)
         self.rng = np.random.default_rng(self.seed)
         self.actions: list[Action] = []
@@ -138,19 +143,11 @@ class Searcher(ABC):
             left = [a for a in self.candidate_pool if a.key not in exclude]
             take = min(n, len(left))
             return [left[i] for i in self.rng.choice(len(left), size=take, replace=False)]
-        out: list[Action] = []
-        seen = set(exclude)
-        tries = 0
-        while len(out) < n:
-            a = self.space.sample(self.rng)
-            tries += 1
-            if a.key in seen:
-                if tries > 1000 * (n + 1):
-                    raise SearcherError("could not sample enough distinct actions")
-                continue
-            seen.add(a.key)
-            out.append(a)
-        return out
+        order = np.argsort(-np.asarray(self.rewards), kind="stable")
+        try:
+            return self.sampler.draw(self.rng, n, exclude, [self.actions[i] for i in order])
+        except ValueError as exc:
+            raise SearcherError(str(exc)) from exc
 
 
 class RandomSearcher(Searcher):
@@ -191,7 +188,7 @@ class EsnacSearcher(Searcher):
         fit: optimiser, stopping rule, objective, alpha, beta (`FitSettings()`: the paper's).
         hidden_size, num_layers, input_transform: the encoder's shape and input transform.
         chunk: candidates per kernel embedded at once (bounds memory; not a tuning knob).
-        candidate_pool: see `Searcher`.
+        candidate_pool, sampler: see `Searcher`.
     """
 
     kind = "esnac"
@@ -216,8 +213,9 @@ class EsnacSearcher(Searcher):
         input_transform: str = DEFAULT_TRANSFORM,
         chunk: int = 125,
         candidate_pool: Sequence[Action] | None = None,
+        sampler: CandidateSampler | None = None,
     ) -> None:
-        super().__init__(space, seed=seed, candidate_pool=candidate_pool)
+        super().__init__(space, seed=seed, candidate_pool=candidate_pool, sampler=sampler)
         EsnacOptions(
             int(kernels), float(subset), int(candidates), bool(train_encoder),
             bool(warm_start), int(train_after), bool(pretrain),

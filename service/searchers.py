@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from embedding.candidates import Budget, CandidateSampler
 from embedding.options import EsnacOptions
 from embedding.search import RandomSearcher, Searcher
 from embedding.space import CompressionSpace
@@ -56,9 +57,11 @@ def make_searcher(
     observations), or `EsnacSearcher` with the job's stored options
     (validated by `EsnacOptions`; options the job does not name take its defaults; a reused
     encoder mapped to this teacher's row width, `adapt_encoder_state`) fitting on
-    `device` (None: the CPU)."""
+    `device` (None: the CPU). A budgeted job's random and ESNAC candidates are drawn within
+    its budget."""
+    budget = Budget(job.target["measure"], float(job.target["value"])) if job.target else None
     if job.strategy == "random":
-        return RandomSearcher(space, seed=job.seed)
+        return RandomSearcher(space, seed=job.seed, sampler=CandidateSampler(space, budget=budget))
     if job.strategy == "n2n":
         from embedding.n2n import N2NSearcher
 
@@ -76,6 +79,7 @@ def make_searcher(
         warm_start=opts.warm_start,
         train_after=opts.train_after,
         pretrain=opts.pretrain,
+        sampler=CandidateSampler(space, opts.sampler, budget),
         seed=job.seed,
         encoder_init=(
             adapt_encoder_state(encoder_from_bytes(encoder_init), space.row_size)

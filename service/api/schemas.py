@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from embedding.options import INHERITANCE as _INHERITANCE
 from embedding.options import PRESETS as _PRESETS
+from embedding.options import SAMPLERS as _SAMPLERS
 from embedding.options import EsnacOptions as _Esnac
 from workers.spec import LATENCY_BACKENDS, REWARDS, SIZE_TARGETS, WorkerError
 from workers.spec import FullTraining as _Full
@@ -220,6 +221,12 @@ class EsnacOptions(_In):
         description="which teacher channels a shrunk channel group keeps, for every strategy: "
         "importance (largest group L2 magnitude, as Torch-Pruning ranks them) or first (the "
         "paper's first-k slicing)",
+    )
+    sampler: Literal[_SAMPLERS] = Field(  # type: ignore[valid-type]
+        default=_Esnac.sampler,
+        description="where the acquisition's candidates come from: paper (the paper's "
+        "distribution) or mixed (half of it, a quarter near-uniform actions with few "
+        "removals, a quarter local moves around the best observed actions)",
     )
 
     @model_validator(mode="before")
