@@ -52,24 +52,25 @@ class Budget:
 def sparse_sample(space: CompressionSpace, rng: np.random.Generator) -> Action:
     """An action with few or no removals and near-uniform shrink ratios."""
     p1 = SPARSE_REMOVE_PROBS[int(rng.integers(len(SPARSE_REMOVE_PROBS)))]
-    removable = np.asarray(space.removable, dtype=np.int64)
-    removed = tuple(int(i) for i in removable[rng.random(len(removable)) < p1])
+    picks = rng.random(len(space.units)) < p1
+    removed = tuple(sorted(i for u, p in zip(space.units, picks, strict=True) if p for i in u))
     base = rng.random() * 0.95
     ratios = np.clip(base + rng.normal(0.0, _SPARSE_SPREAD, len(space.shrinkable)), 0, _MAX_RATIO)
     return Action(removed, tuple(float(r) for r in ratios), (), space.fingerprint)
 
 
 def local_move(space: CompressionSpace, action: Action, rng: np.random.Generator) -> Action:
-    """One small move from `action`: its ratios perturbed, one removal or one skip toggled."""
+    """One small move from `action`: its ratios perturbed, one removal (a layer, or a unit of
+    the space's `units`) or one skip toggled."""
     kind = int(rng.integers(3))
     removed, shrink, skips = set(action.removed), list(action.shrink), set(action.skips)
-    if kind == 1 and space.removable:
-        i = int(space.removable[int(rng.integers(len(space.removable)))])
-        if i in removed:
-            removed.discard(i)
+    if kind == 1 and space.units:
+        unit = set(space.units[int(rng.integers(len(space.units)))])
+        if unit <= removed:
+            removed -= unit
         else:
-            removed.add(i)
-            skips = {e for e in skips if e[1] != i}  # never into a removed layer
+            removed |= unit
+            skips = {e for e in skips if e[1] not in unit}  # never into a removed layer
     elif kind == 2 and space.skip_candidates:
         e = space.skip_candidates[int(rng.integers(len(space.skip_candidates)))]
         if e in skips:

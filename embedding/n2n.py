@@ -102,6 +102,9 @@ class N2NSearcher(Searcher):
         candidate_pool: Sequence[Action] | None = None,
     ) -> None:
         super().__init__(space, seed=seed, candidate_pool=candidate_pool)
+        if space.removal != "layer":
+            raise SearcherError("N2N's policy removes single layers: build its space with "
+                                "removal='layer'")  # fmt: skip
         if int(batch) < 1:
             raise SearcherError(f"batch must be >= 1, got {batch}")
         self.batch = int(batch)

@@ -17,6 +17,7 @@ __all__ = [
     "ENCODER_LAYERS",
     "INHERITANCE",
     "PRESETS",
+    "REMOVALS",
     "SAMPLERS",
     "EsnacOptions",
     "SearcherError",
@@ -32,6 +33,11 @@ INHERITANCE: tuple[str, ...] = ("importance", "first")
 #: Where a searcher's candidates come from (`embedding.candidates`; named here, with no torch
 #: import, for the REST layer).
 SAMPLERS: tuple[str, ...] = ("paper", "mixed")
+
+#: What layer removal removes (`CompressionSpace`): "layer" -- any shape-preserving layer, a lone
+#: BatchNorm or ReLU included (the paper's rule) -- or "unit": a shape-preserving conv together
+#: with the BatchNorm and activation that directly follow it.
+REMOVALS: tuple[str, ...] = ("layer", "unit")
 
 #: The shape of the searcher's LSTM encoder (the paper's: 4 bidirectional layers of 64), which
 #: a stored encoder must have to be reused by another job (`embedding_from`).
@@ -69,6 +75,9 @@ class EsnacOptions:
         inheritance: which teacher channels a shrunk channel group keeps, for every strategy
             (`embedding.space.INHERITANCE`): "importance" -- the largest group L2 magnitude,
             Torch-Pruning's rule, the default -- or "first", the paper's first-k slicing.
+        removal: what layer removal removes (`REMOVALS`): "layer", the paper's rule (the
+            default until a study says otherwise), or "unit" (a conv with the BatchNorm and
+            activation after it), for the random and ESNAC strategies.
         sampler: where the acquisition's candidates come from (`embedding.candidates`):
             "paper" -- the paper's distribution (the default until a study says otherwise) --
             or "mixed": half of it, a quarter near-uniform actions with few removals, a
@@ -84,6 +93,7 @@ class EsnacOptions:
     pretrain: bool = False
     inheritance: str = "importance"
     sampler: str = "paper"
+    removal: str = "layer"
 
     def validate(self) -> None:
         """Raises `SearcherError` naming the first invalid option."""
@@ -101,6 +111,8 @@ class EsnacOptions:
             raise SearcherError(
                 f"inheritance must be one of {list(INHERITANCE)}, got {self.inheritance!r}"
             )
+        if self.removal not in REMOVALS:
+            raise SearcherError(f"removal must be one of {list(REMOVALS)}, got {self.removal!r}")
         if self.sampler not in SAMPLERS:
             raise SearcherError(f"sampler must be one of {list(SAMPLERS)}, got {self.sampler!r}")
 
@@ -131,5 +143,5 @@ class EsnacOptions:
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"kernels": 8, "subset": 0.5, "candidates": 1000, "train_encoder": True,
               "warm_start": False, "train_after": 0, "pretrain": False,
-              "inheritance": "first", "sampler": "paper"},  # fmt: skip
+              "inheritance": "first", "sampler": "paper", "removal": "layer"},  # fmt: skip
 }

@@ -23,7 +23,7 @@ from torch import nn
 
 from embedding.fx_trace import channel_shuffle, trace
 from embedding.graph import INPUT, KINDS, Layer, LayerGraph, UnionFind
-from embedding.options import INHERITANCE
+from embedding.options import INHERITANCE, REMOVALS
 
 torch.fx.wrap("channel_shuffle")  # one traced op in StudentNet (see embedding.fx_trace)
 
@@ -298,6 +298,8 @@ class CompressionSpace:
     count when it has more, so any teacher works and coordinator and workers agree on it.
     `inheritance` (one of `INHERITANCE`) says which teacher channels a shrunk group keeps; it
     changes the students' weights only, never the actions, parameter counts or encodings.
+    `removal` (one of `REMOVALS`) says what is removed together: the paper's single layers, or
+    units (`units`); actions and encodings keep their format either way.
     """
 
     def __init__(
@@ -306,11 +308,14 @@ class CompressionSpace:
         teacher: nn.Module | None = None,
         max_layers: int | None = None,
         inheritance: str = "importance",
+        removal: str = "layer",
     ) -> None:
         if inheritance not in INHERITANCE:
             raise ValueError(
                 f"inheritance must be one of {list(INHERITANCE)}, got {inheritance!r}"
             )
+        if removal not in REMOVALS:
+            raise ValueError(f"removal must be one of {list(REMOVALS)}, got {removal!r}")
         if max_layers is None:
             max_layers = default_max_layers(len(graph.layers))
         if len(graph.layers) > max_layers:
@@ -321,6 +326,7 @@ class CompressionSpace:
         self.graph = graph
         self.max_layers = int(max_layers)
         self.inheritance = inheritance
+        self.removal = removal
         self.teacher = teacher
         self._scores: list[np.ndarray] | None = None
         self._state = (
@@ -330,9 +336,13 @@ class CompressionSpace:
         self.num_layers = len(layers)
         self.shrinkable = graph.shrinkable_groups
         self._shrink_pos = {g: k for k, g in enumerate(self.shrinkable)}
-        self.removable: tuple[int, ...] = tuple(
-            layer.index for layer in layers if self._is_removable(layer)
+        single = [layer.index for layer in layers if self._is_removable(layer)]
+        #: what one removal removes together, in layer order: single layers, or units
+        self.units: tuple[tuple[int, ...], ...] = (
+            tuple((i,) for i in single) if removal == "layer" else self._units(set(single))
         )
+        self.removable: tuple[int, ...] = tuple(sorted(i for u in self.units for i in u))
+        self._unit_of = {i: u for u in self.units for i in u}
         self.skip_candidates: tuple[tuple[int, int], ...] = self._skip_candidates()
         self._skip_set = set(self.skip_candidates)
         self._removable_set = set(self.removable)
@@ -364,6 +374,31 @@ class CompressionSpace:
         out_spec = self.graph.specs[layer.index]
         return in_spec == out_spec or (len(in_spec) == 1 and len(out_spec) == 1)
 
+    def _units(self, removable: set[int]) -> tuple[tuple[int, ...], ...]:
+        """Each removable conv with the BatchNorm and activation that directly follow it (each
+        the only reader of the one before, and itself removable)."""
+        layers = self.graph.layers
+        readers: dict[int, list[int]] = {}
+        for layer in layers:
+            for j in layer.inputs:
+                readers.setdefault(j, []).append(layer.index)
+        def sole_reader(i: int, ops: tuple[str, ...]) -> int | None:
+            nxt = readers.get(i, [])
+            ok = len(nxt) == 1 and nxt[0] in removable and layers[nxt[0]].op in ops
+            return nxt[0] if ok else None
+
+        units = []
+        for layer in layers:
+            if layer.op != "conv" or layer.index not in removable:
+                continue
+            unit = [layer.index]
+            for ops in (("bn",), ("relu", "relu6")):  # each optional, in this order
+                nxt = sole_reader(unit[-1], ops)
+                if nxt is not None:
+                    unit.append(nxt)
+            units.append(tuple(unit))
+        return tuple(units)
+
     def _skip_candidates(self) -> tuple[tuple[int, int], ...]:
         layers = self.graph.layers
         out: list[tuple[int, int]] = []
@@ -394,8 +429,15 @@ class CompressionSpace:
         """Draw an action with the paper's distributions (docs/ALGORITHM.md)."""
         p1 = REMOVE_PROBS[int(rng.integers(len(REMOVE_PROBS)))]
         p3 = SKIP_PROBS[int(rng.integers(len(SKIP_PROBS)))]
-        removable = np.asarray(self.removable, dtype=np.int64)
-        removed = removable[rng.random(len(removable)) < p1]
+        if self.removal == "layer":
+            removable = np.asarray(self.removable, dtype=np.int64)
+            removed = removable[rng.random(len(removable)) < p1]
+        else:  # each unit with probability p1
+            chosen = rng.random(len(self.units)) < p1
+            removed = np.asarray(
+                sorted(i for u, c in zip(self.units, chosen, strict=True) if c for i in u),
+                dtype=np.int64,
+            )
         shrink = rng.random(len(self.shrinkable))
         removed_set = set(removed.tolist())
         cand = self.skip_candidates
@@ -424,6 +466,13 @@ class CompressionSpace:
             if i not in self._removable_set:
                 raise InvalidActionError(f"layer {i} cannot be removed (not a removable layer)")
         removed = set(action.removed)
+        if self.removal == "unit":
+            for i in removed:
+                if not removed.issuperset(self._unit_of[i]):
+                    raise InvalidActionError(
+                        f"layer {i} is removed without the rest of its unit "
+                        f"{list(self._unit_of[i])} (this space removes whole units)"
+                    )
         for e in action.skips:
             if e not in self._skip_set:
                 raise InvalidActionError(f"skip edge {e} is not allowed in this teacher's space")

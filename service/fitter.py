@@ -75,14 +75,14 @@ def _propose(
     import numpy as np
     import torch
 
-    from service.searchers import build_space, fit_device, make_searcher
+    from service.searchers import build_space, fit_device, make_searcher, space_removal
 
     torch.set_num_threads(threads)
     space = _SPACES.get(job_key)
     if space is None:
         if teacher is None:
             raise _SpaceMissing(job_key)
-        space = build_space(*teacher)
+        space = build_space(*teacher, removal=space_removal(job))
         _SPACES[job_key] = space
         while len(_SPACES) > _KEEP_SPACES:
             _SPACES.popitem(last=False)

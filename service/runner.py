@@ -49,7 +49,13 @@ from service.db import (
 )
 from service.db.storage import utcnow
 from service.pool import Slot, WorkersDiedError, error_of
-from service.searchers import build_space, canonical_order, encoder_bytes, make_searcher
+from service.searchers import (
+    build_space,
+    canonical_order,
+    encoder_bytes,
+    make_searcher,
+    space_removal,
+)
 from service.targets import within_target
 from workers import shipping
 from workers.spec import FullTraining, SearchTraining, TrialSpec
@@ -162,8 +168,9 @@ class JobRunner:
         self.teacher_args = (teacher.arch, teacher.num_classes, weights, teacher.input_shape)
         self.numbers = {Action.from_json(t.action).key: t.number for t in trials}
         space = await asyncio.to_thread(
-            build_space, teacher.arch, teacher.num_classes, weights, teacher.input_shape
-        )
+            build_space, teacher.arch, teacher.num_classes, weights, teacher.input_shape,
+            space_removal(job),
+        )  # fmt: skip
         self.searcher = await asyncio.to_thread(make_searcher, job, space, encoder)
         # Replay in trial-number order: the rebuilt searcher sees the same observations as
         # before the restart (and each proposal is seeded by the job seed + trial number).

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "build_space",
+    "space_removal",
     "canonical_order",
     "encoder_bytes",
     "encoder_from_bytes",
@@ -28,14 +29,29 @@ __all__ = [
 
 
 def build_space(
-    arch: str, num_classes: int, weights: bytes, input_shape: tuple[int, ...]
+    arch: str,
+    num_classes: int,
+    weights: bytes,
+    input_shape: tuple[int, ...],
+    removal: str = "layer",
 ) -> CompressionSpace:
     """The teacher's compression space, exactly as the workers build it
-    (`CompressionSpace.for_teacher`: the library's `max_layers` policy)."""
+    (`CompressionSpace.for_teacher`: the library's `max_layers` policy), with the job's
+    `removal` rule (`space_removal`; the workers need not know it: a unit removal is a set of
+    layer removals)."""
     from workers import zoo
 
     model = zoo.load_teacher(arch, num_classes, weights)
-    return CompressionSpace.for_teacher(model, tuple(input_shape))
+    space = CompressionSpace.for_teacher(model, tuple(input_shape))
+    if removal == space.removal:
+        return space
+    return CompressionSpace(space.graph, model, space.max_layers, removal=removal)
+
+
+def space_removal(job: Job) -> str:
+    """The removal rule of the job's space: its searcher option, except for N2N, whose policy
+    removes single layers."""
+    return "layer" if job.strategy == "n2n" else EsnacOptions.from_dict(job.searcher).removal
 
 
 def canonical_order(searcher: Searcher, numbers: dict[str, int]) -> None:

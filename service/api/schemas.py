@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from embedding.options import INHERITANCE as _INHERITANCE
 from embedding.options import PRESETS as _PRESETS
+from embedding.options import REMOVALS as _REMOVALS
 from embedding.options import SAMPLERS as _SAMPLERS
 from embedding.options import EsnacOptions as _Esnac
 from workers.spec import LATENCY_BACKENDS, REWARDS, SIZE_TARGETS, WorkerError
@@ -195,7 +196,8 @@ class EsnacOptions(_In):
     """Advanced knobs of the ESNAC searcher (defaults: the paper's, except that the LSTM
     encoder stays at its initialisation, `train_encoder` false, and students keep the teacher's
     most important channels, `inheritance` importance; ignored by `random` and `n2n`, except
-    `inheritance`, which every strategy's students follow).
+    `inheritance`, which every strategy's students follow, and `removal`, which random search
+    follows too).
     `{"preset": "paper"}` asks for the paper's exact settings (other keys override them); the
     job stores and shows the resulting values."""
 
@@ -221,6 +223,12 @@ class EsnacOptions(_In):
         description="which teacher channels a shrunk channel group keeps, for every strategy: "
         "importance (largest group L2 magnitude, as Torch-Pruning ranks them) or first (the "
         "paper's first-k slicing)",
+    )
+    removal: Literal[_REMOVALS] = Field(  # type: ignore[valid-type]
+        default=_Esnac.removal,
+        description="what one layer removal removes: layer (any shape-preserving layer, the "
+        "paper's rule) or unit (a conv with the BatchNorm and activation after it); random "
+        "and esnac",
     )
     sampler: Literal[_SAMPLERS] = Field(  # type: ignore[valid-type]
         default=_Esnac.sampler,

@@ -337,3 +337,47 @@ def test_unknown_inheritance_is_refused() -> None:
     teacher, _ = _space("resnet20")
     with pytest.raises(ValueError, match="importance"):
         CompressionSpace.for_teacher(teacher, inheritance="last")
+
+
+# ------------------------------------------------------------------------------ unit removal
+@pytest.mark.parametrize("name", ["resnet20", "mobilenetv2"])
+def test_unit_removal_never_leaves_a_lone_batchnorm_or_activation_removed(name: str) -> None:
+    teacher, layered = _space(name)
+    space = CompressionSpace(layered.graph, teacher, layered.max_layers, removal="unit")
+    layers = space.graph.layers
+    assert space.units and all(layers[u[0]].op == "conv" for u in space.units)
+    assert {layers[i].op for u in space.units for i in u[1:]} <= {"bn", "relu", "relu6"}
+    lone = [i for i in layered.removable if layers[i].op in ("bn", "relu", "relu6")]
+    assert lone  # the paper's rule can remove them alone
+    rng = np.random.default_rng(0)
+    x = torch.randn(2, 3, 32, 32)
+    from embedding.candidates import CandidateSampler
+
+    draws = [space.sample(rng) for _ in range(100)]
+    draws += CandidateSampler(space, "mixed").draw(rng, 100, set(), draws[:4])
+    for action in draws:
+        removed = set(action.removed)
+        for i in removed:
+            if layers[i].op != "conv":  # its unit's conv is removed with it
+                unit = next(u for u in space.units if i in u)
+                assert set(unit) <= removed
+        assert space.num_params(action) == sum(
+            p.numel() for p in space.materialize(action).parameters()
+        )
+    with torch.no_grad():
+        assert space.materialize(draws[0])(x).shape == (2, 10)
+    bn = next(i for u in space.units for i in u if layers[i].op == "bn")
+    with pytest.raises(InvalidActionError, match="without the rest of its unit"):
+        space.validate(Action((bn,), space.empty_action().shrink, (), space.fingerprint))
+    # the encoding is the paper's: a unit removal is its layers' removals
+    assert torch.equal(space.encode([draws[0]]), layered.encode([draws[0]]))
+
+
+def test_n2n_refuses_a_space_that_removes_units() -> None:
+    from embedding.n2n import N2NSearcher
+    from embedding.options import SearcherError
+
+    teacher, layered = _space("resnet20")
+    space = CompressionSpace(layered.graph, teacher, layered.max_layers, removal="unit")
+    with pytest.raises(SearcherError, match="single layers"):
+        N2NSearcher(space)

@@ -304,6 +304,7 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
     assert job["searcher"] == {
         "kernels": 8, "subset": 0.5, "candidates": 1000, "train_encoder": False,
         "warm_start": False, "train_after": 0, "pretrain": False, "inheritance": "importance",
+        "sampler": "paper", "removal": "layer",
     }  # fmt: skip
     assert job["status"] == "queued" and job["progress"]["total"] == 160
     assert job["reward"] == "params" and job["latency"] is None  # nothing measured by default
