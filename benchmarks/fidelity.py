@@ -277,7 +277,11 @@ def _mine(items: list[Any], shard: int, shards: int) -> list[Any]:
 def stage_proxy(args: argparse.Namespace) -> None:
     study = Study(args.device)
     names = args.proxy or PROXY_NAMES
-    todo = [(p, s) for p in names for s in students()]  # cheapest proxies first
+    # cheapest proxies first; a proxy and its first-k twin student by student, so the
+    # inheritance comparison is paired at every point of a partial run
+    tiers = {n: PROXY_NAMES.index(n.removesuffix("_first")) for n in names}
+    todo = sorted(((p, s) for p in names for s in students()),
+                  key=lambda ps: (tiers[ps[0]], ps[1]["id"], ps[0]))  # fmt: skip
     for name, entry in _mine(todo, args.shard, args.shards):
         path = DATA / "proxy" / name / f"{entry['id']}.json"
         if path.exists():

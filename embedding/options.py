@@ -78,6 +78,10 @@ class EsnacOptions:
         removal: what layer removal removes (`REMOVALS`): "layer", the paper's rule (the
             default until a study says otherwise), or "unit" (a conv with the BatchNorm and
             activation after it), for the random and ESNAC strategies.
+        finish_epochs: before full training, the best 2 x top_k students by search score get
+            this many more epochs of the search training on all training images, from their
+            search weights, and the top_k are chosen by that longer evaluation, for every
+            strategy; 0 (the default until a study says otherwise): no finish.
         sampler: where the acquisition's candidates come from (`embedding.candidates`):
             "paper" -- the paper's distribution (the default until a study says otherwise) --
             or "mixed": half of it, a quarter near-uniform actions with few removals, a
@@ -94,6 +98,7 @@ class EsnacOptions:
     inheritance: str = "importance"
     sampler: str = "paper"
     removal: str = "layer"
+    finish_epochs: int = 0
 
     def validate(self) -> None:
         """Raises `SearcherError` naming the first invalid option."""
@@ -101,9 +106,10 @@ class EsnacOptions:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise SearcherError(f"{name} must be a positive integer, got {value!r}")
-        t = self.train_after
-        if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-            raise SearcherError(f"train_after must be a non-negative integer, got {t!r}")
+        for name in ("train_after", "finish_epochs"):
+            t = getattr(self, name)
+            if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+                raise SearcherError(f"{name} must be a non-negative integer, got {t!r}")
         s = self.subset
         if not isinstance(s, int | float) or not math.isfinite(s) or not 0.0 < s <= 1.0:
             raise SearcherError(f"subset must lie in (0, 1], got {s!r}")
@@ -143,5 +149,6 @@ class EsnacOptions:
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"kernels": 8, "subset": 0.5, "candidates": 1000, "train_encoder": True,
               "warm_start": False, "train_after": 0, "pretrain": False,
-              "inheritance": "first", "sampler": "paper", "removal": "layer"},  # fmt: skip
+              "inheritance": "first", "sampler": "paper", "removal": "layer",
+              "finish_epochs": 0},  # fmt: skip
 }

@@ -27,6 +27,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
@@ -56,7 +57,7 @@ from service.searchers import (
     make_searcher,
     space_removal,
 )
-from service.targets import within_target
+from service.targets import rank_students
 from workers import shipping
 from workers.spec import FullTraining, SearchTraining, TrialSpec
 
@@ -511,23 +512,33 @@ class JobRunner:
 
     # ------------------------------------------------------------------------ finalize
     async def _finalize(self) -> None:
+        """Choose the top-k students -- within the budget first, by search reward, or by a
+        finishing evaluation of the best 2 x top_k (`EsnacOptions.finish_epochs`) -- and fully
+        train them. Resumable: finished evaluations and trainings are stored on the trials."""
         s, job = self.s, self.job
+        finish_epochs = EsnacOptions.from_dict(job.searcher).finish_epochs
 
-        def top() -> list[Trial]:
+        def succeeded() -> list[Trial]:
             with s.storage.session() as repo:
-                done = [
+                return [
                     t
                     for t in repo.job_trials(self.job_id)
                     if t.status is TrialState.SUCCEEDED and t.reward is not None
                 ]
-            # a budgeted job trains the students within its budget first
-            done.sort(key=lambda t: (not within_target(job.target, t.params, t.flops),
-                                     -(t.reward or 0.0), t.number))  # fmt: skip
-            return done[: job.top_k]
 
-        todo = [t for t in await s.db(top) if t.final_accuracy is None]
+        ranked = rank_students(await s.db(succeeded), job.target)
+        problems: list[str] = []
+        if finish_epochs > 0 and job.top_k > 0:
+            finalists = ranked[: 2 * job.top_k]
+            todo = [t for t in finalists if t.finish is None]
+            errors = await asyncio.gather(*(self._finishing(t, finish_epochs) for t in todo))
+            problems += [e for e in errors if e]
+            numbers = {t.number for t in finalists}
+            again = [t for t in await s.db(succeeded) if t.number in numbers]
+            ranked = rank_students(again, job.target, by_finish=True)
+        todo = [t for t in ranked[: job.top_k] if t.final_accuracy is None]
         errors = await asyncio.gather(*(self._full_train(t) for t in todo))
-        problems = [e for e in errors if e]
+        problems += [e for e in errors if e]
 
         def finish() -> None:
             with s.storage.session() as repo:
@@ -536,6 +547,52 @@ class JobRunner:
                 )
 
         await s.db(finish)
+
+    async def _finishing(self, trial: Trial, epochs: int) -> str | None:
+        """A finalist's finishing evaluation: `epochs` more epochs of the search training on
+        every training image, from its search weights; stored on the trial. Returns an error
+        or None."""
+        s, job = self.s, self.job
+        if trial.weights_id is None:
+            return f"trial {trial.id} has no search weights to finish"
+
+        def weights() -> bytes:
+            with s.storage.session() as repo:
+                return s.artifacts.read(repo.get_artifact(trial.weights_id or 0))
+
+        start = await s.db(weights)
+        spec = TrialSpec(
+            trial_id=trial.id, action=trial.action, seed=trial_seed(job.seed, trial.number),
+            training=replace(self.training, epochs=epochs, max_train_samples=None),
+            reward=job.reward, return_weights=False, latency=job.latency,
+            target=job.target["value"] if job.target is not None else None,
+        ).to_dict()  # fmt: skip
+
+        async def call(slot: Slot) -> dict[str, Any]:
+            await s.pool.supervise(
+                slot, s.pool.prepare(slot, self.ctx, self.teacher_ref, self.data_ref)
+            )
+            ref = slot.actor.evaluate.remote(self.job_key, spec, start)
+            return await s.pool.supervise(slot, ref)  # type: ignore[no-any-return]
+
+        try:
+            out = await s.pool.run_with_retries(
+                call, attempts=s.settings.max_attempts, what=f"finishing trial {trial.id}"
+            )
+        except WorkersDiedError as e:
+            return f"finishing evaluation of trial {trial.id}: {e}"
+        except Exception as e:  # noqa: BLE001 - reported on the job
+            code, message = error_of(e)
+            return f"finishing evaluation of trial {trial.id} failed ({code}): {message}"
+        result = {"accuracy": float(out["accuracy"]), "reward": float(out["reward"]),
+                  "epochs": epochs, "seconds": float(out["seconds"].get("total", 0.0))}  # fmt: skip
+
+        def store() -> None:
+            with s.storage.session() as repo:
+                repo.record_finish(trial.id, result)
+
+        await s.db(store)
+        return None
 
     def _card(self, repo: Any, trial: Trial, out: dict[str, Any]) -> dict[str, Any] | None:
         """The student's model card: the worker's part (architecture, size, accuracies, input,

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.db import Teacher
+from service.db import Teacher, Trial
 from workers.spec import SIZE_TARGETS
 
-__all__ = ["TargetError", "resolve_target", "within_target"]
+__all__ = ["TargetError", "rank_students", "resolve_target", "within_target"]
 
 
 class TargetError(ValueError):
@@ -86,3 +86,19 @@ def within_target(target: dict[str, Any] | None, params: int | None, flops: int 
         return True
     size = params if target["measure"] == "params" else flops
     return size is not None and size <= float(target["value"])
+
+
+def rank_students(
+    trials: list[Trial], target: dict[str, Any] | None, *, by_finish: bool = False
+) -> list[Trial]:
+    """Succeeded students in the order the job trains them: within the budget first, then by
+    reward -- the finishing evaluation's (`by_finish`; finalists without one after those with
+    one) or the search's -- ties to the lower trial number."""
+
+    def key(t: Trial) -> tuple[bool, bool, float, int]:
+        finish = t.finish if by_finish else None
+        score = float(finish["reward"]) if finish else float(t.reward or 0.0)
+        return (not within_target(target, t.params, t.flops), by_finish and not finish,
+                -score, t.number)  # fmt: skip
+
+    return sorted(trials, key=key)

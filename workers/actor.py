@@ -139,12 +139,16 @@ class TrialWorker:
             )
         return state
 
-    def evaluate(self, job_key: str, spec: dict[str, Any]) -> dict[str, Any]:
+    def evaluate(
+        self, job_key: str, spec: dict[str, Any], weights: bytes | None = None
+    ) -> dict[str, Any]:
         """Run one trial of a prepared job.
 
         Args:
             job_key: the job's key given to `prepare`.
             spec: `TrialSpec.to_dict()`.
+            weights: start from these student weights (safetensors; a finishing evaluation
+                continues a trial's search training) instead of the teacher's.
 
         Returns:
             `dataclasses.asdict(TrialResult)` (weights as bytes or None).
@@ -156,7 +160,9 @@ class TrialWorker:
         try:
             with guard("trial", wrap_all=True):
                 state = self._job(job_key)
-                result = run_trial(state.ctx, spec, cache=state, progress=progress)
+                result = run_trial(
+                    state.ctx, spec, cache=state, progress=progress, init_weights=weights
+                )
         finally:
             self._progress = None
         return dataclasses.asdict(result)

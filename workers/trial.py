@@ -282,6 +282,7 @@ def run_trial(
     device: str | torch.device | None = None,
     cache: PreparedJob | None = None,
     progress: Progress | None = None,
+    init_weights: bytes | None = None,
 ) -> TrialResult:
     """Evaluate one candidate: materialise, distil, measure, reward.
 
@@ -291,6 +292,8 @@ def run_trial(
         device: where to run when no `cache` is given (default: CUDA when available).
         cache: the job's prepared state (`prepare_job(ctx)`); built here when None.
         progress: the attempt's heartbeat (see `workers.progress`).
+        init_weights: the student's starting weights (safetensors), e.g. its search weights
+            for a longer, finishing evaluation; None: inherited from the teacher.
 
     Returns:
         The result; `accuracy` is the best validation accuracy over the search epochs and the
@@ -313,6 +316,8 @@ def run_trial(
         action = state.action(spec.action)
         seed_everything(spec.seed)
         student = state.student(action)
+        if init_weights is not None:
+            load_state_safetensors(student, init_weights)
         params = count_params(student)
         flops = model_flops(student, state.input_shape)
         t_build = time.perf_counter() - t0

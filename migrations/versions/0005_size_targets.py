@@ -1,5 +1,6 @@
 """Size budgets: a teacher's FLOPs and the smallest student its space can build (the limits a
-budget is checked against), a job's size target, and a trial's tag (the budget's seeds).
+budget is checked against), a job's size target, a trial's tag (the budget's seeds), and a
+trial's finishing evaluation (its longer second score before full training).
 
 Revision ID: 0005
 Revises: 0004
@@ -27,10 +28,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("target", sa.JSON, nullable=True))
     with op.batch_alter_table("trials") as batch:
         batch.add_column(sa.Column("tag", sa.String(32), nullable=True))
+        batch.add_column(sa.Column("finish", sa.JSON, nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("trials") as batch:
+        batch.drop_column("finish")
         batch.drop_column("tag")
     with op.batch_alter_table("jobs") as batch:
         batch.drop_column("target")

@@ -224,6 +224,12 @@ class EsnacOptions(_In):
         "importance (largest group L2 magnitude, as Torch-Pruning ranks them) or first (the "
         "paper's first-k slicing)",
     )
+    finish_epochs: int = Field(
+        default=_Esnac.finish_epochs, ge=0, le=1000,
+        description="before full training, the best 2 x top_k students get this many more "
+        "search-training epochs on all training images and the top_k are chosen by that "
+        "longer evaluation (0: no finish); every strategy",
+    )  # fmt: skip
     removal: Literal[_REMOVALS] = Field(  # type: ignore[valid-type]
         default=_Esnac.removal,
         description="what one layer removal removes: layer (any shape-preserving layer, the "
@@ -340,6 +346,15 @@ class FinalPublic(BaseModel):
     has_onnx: bool
 
 
+class FinishPublic(BaseModel):
+    """A finalist's finishing evaluation: more epochs of the search training on every image."""
+
+    accuracy: float
+    reward: float
+    epochs: int
+    seconds: float
+
+
 class LostAttempt(BaseModel):
     """An attempt the coordinator lost and retried."""
 
@@ -396,6 +411,10 @@ class TrialPublic(BaseModel):
     latency_spread: float | None = Field(
         default=None, description="(p90 - p10) / median of the student's timed runs"
     )
+    finish: FinishPublic | None = Field(
+        default=None, description="the finishing evaluation of a finalist (searcher option "
+        "finish_epochs): the longer second score that chose the top-k",
+    )  # fmt: skip
     tag: str | None = Field(
         default=None, description="seed:uniform / seed:global: a budget's seed (the uniform "
         "shrink and global magnitude pruning to the budget), added to the first step; null: "

@@ -171,7 +171,8 @@ def results_rows(
                 _pct(t.get("accuracy")),
                 f"{smaller:.2f}x",
                 f"{t['compression']:.4f}" if t.get("compression") is not None else None,
-                f"{t['reward']:.4f}",
+                f"{t['reward']:.4f}"
+                + (f" (finish {t['finish']['reward']:.4f})" if t.get("finish") else ""),
                 _pct(final.get("accuracy")),
             ]
         )

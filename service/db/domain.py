@@ -200,3 +200,6 @@ class Trial:
     #: why the trial exists beside the searcher's proposals: "seed:uniform" / "seed:global"
     #: (the budget's seeds, `embedding.budget`); None: proposed by the searcher
     tag: str | None = None
+    #: the finishing evaluation (a longer second score that chooses the top-k): "accuracy",
+    #: "reward", "epochs", "seconds"; None: not among the finalists (or no finish)
+    finish: dict[str, Any] | None = None

@@ -126,6 +126,7 @@ class TrialModel(Base):
     latency_spread: Mapped[float | None] = mapped_column(Float)
     card: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     tag: Mapped[str | None] = mapped_column(String(32))
+    finish: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -260,7 +260,7 @@ def _trial(m: TrialModel) -> Trial:
         heartbeat_at=m.heartbeat_at, lost_attempts=list(m.lost_attempts or []),
         latency_ms=m.latency_ms, teacher_latency_ms=m.teacher_latency_ms,
         latency_spread=m.latency_spread, card=dict(m.card) if m.card is not None else None,
-        tag=m.tag,
+        tag=m.tag, finish=dict(m.finish) if m.finish is not None else None,
     )  # fmt: skip
 
 
@@ -645,6 +645,17 @@ class Repository:
             m.finished_at = m.updated_at = now
             n += 1
         return n
+
+    def record_finish(self, trial_id: int, finish: dict[str, Any]) -> Trial:
+        """Attach a succeeded trial's finishing evaluation (`Trial.finish`)."""
+        m = self._s.get(TrialModel, trial_id, with_for_update=True)
+        if m is None:
+            raise NotFoundError(f"trial {trial_id} not found")
+        if m.status != TrialState.SUCCEEDED.value:
+            raise StorageError(f"trial {trial_id} is {m.status}; only succeeded ones finish")
+        m.finish = dict(finish)
+        m.updated_at = utcnow()
+        return _trial(m)
 
     def record_final(
         self,

@@ -441,7 +441,7 @@
           <td>${t.id}${t.tag ? ` <span class="seed">${esc(t.tag)}</span>` : ""}</td><td class="num">${count(t.final.params)}</td>
           <td class="num">${teacher ? (teacher.params / t.final.params).toFixed(2) + "×" : "–"}</td>
           <td class="num">${pct(t.accuracy)}</td><td class="num"><b>${pct(t.final.accuracy)}</b></td>
-          <td class="num">${num(t.reward)}</td>
+          <td class="num">${num(t.reward)}${t.finish ? ` <span class="sub" title="the finishing evaluation: ${t.finish.epochs} more epochs on every image">(finish ${num(t.finish.reward)})</span>` : ""}</td>
           ${job.target ? `<td class="budget">${withinBudget(job, t) ? "meets" : "over"}</td>` : ""}
           <td><a class="dl" href="/v1/trials/${t.id}/weights" download="trial-${t.id}.safetensors">weights</a>
             ${t.final.has_onnx ? `<a class="dl" href="/v1/trials/${t.id}/onnx" download="trial-${t.id}.onnx">ONNX</a>` : ""}</td>

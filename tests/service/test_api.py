@@ -279,6 +279,10 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
         ({"teacher_id": teacher["id"], "search": {"epochs": 0}}, "greater than or equal to 1"),
         ({"teacher_id": teacher["id"], "strategy": "rl"}, "esnac"),
         ({"teacher_id": teacher["id"], "searcher": {"preset": ["paper"]}}, "unknown searcher"),
+        ({"teacher_id": teacher["id"], "searcher": {"finish_epochs": -1}}, "greater than or"),
+        ({"teacher_id": teacher["id"], "searcher": {"removal": "branch"}}, "'unit'"),
+        ({"teacher_id": teacher["id"], "searcher": {"sampler": "local"}}, "'mixed'"),
+        ({"teacher_id": teacher["id"], "search": {"bn_recalibration": -5}}, "greater than or"),
         ({"teacher_id": teacher["id"], "embedding_from": 5}, "not found"),
         ({"teacher_id": teacher["id"], "dataset": "cifar100"}, "has 100 classes"),
         ({"teacher_id": teacher["id"], "bogus": 1}, "Extra inputs"),
@@ -304,7 +308,7 @@ def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: byt
     assert job["searcher"] == {
         "kernels": 8, "subset": 0.5, "candidates": 1000, "train_encoder": False,
         "warm_start": False, "train_after": 0, "pretrain": False, "inheritance": "importance",
-        "sampler": "paper", "removal": "layer",
+        "sampler": "paper", "removal": "layer", "finish_epochs": 0,
     }  # fmt: skip
     assert job["status"] == "queued" and job["progress"]["total"] == 160
     assert job["reward"] == "params" and job["latency"] is None  # nothing measured by default

@@ -180,13 +180,15 @@ def test_budget_flags_set_the_reward_and_its_target(capsys: pytest.CaptureFixtur
 def test_result_table_shows_the_budget_and_the_seeds() -> None:
     teacher = {"arch": "resnet20", "params": 1000, "accuracy": 0.95}
     trials = [_trial(1, 0.9, 200), _trial(2, 0.8, 300), _trial(3, 0.5, 100)]
-    trials[0] |= {"step": 0, "kernel": None, "tag": "seed:uniform"}
+    trials[0] |= {"step": 0, "kernel": None, "tag": "seed:uniform",
+                  "finish": {"accuracy": 0.93, "reward": 0.95, "epochs": 2, "seconds": 9.0}}
     target = {"measure": "params", "value": 250.0, "times_smaller": 4.0, "teacher": 1000}
     headers = result_headers(False, budget=True)
     rows = results_rows(trials, teacher, top=3, target=target)
     assert headers[-1] == "budget" and all(len(r) == len(headers) for r in rows)
     assert [r[-1] for r in rows] == ["-", "meets", "over", "meets"]
     assert rows[1][2] == "0/seed:uniform"
+    assert rows[1][headers.index("reward")] == "0.9000 (finish 0.9500)"
 
 
 def _trial(i: int, reward: float | None, params: int, status: str = "succeeded") -> dict:

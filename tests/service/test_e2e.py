@@ -123,7 +123,7 @@ def test_esnac_job_end_to_end(servers: list[Server], server_env, tmp_path: Path)
         "teacher_id": teacher["id"], "strategy": "random", "steps": 2, "per_step": 2,
         "search": {"epochs": 1, "max_train_samples": 128, "batch_size": 64}, "top_k": 2,
         "full_training": {"epochs": 1, "batch_size": 64}, "reward": "params_target",
-        "target": {"times_smaller": 4},
+        "target": {"times_smaller": 4}, "searcher": {"finish_epochs": 1},
     })  # fmt: skip
     budget = _wait(c, f"/v1/jobs/{r.json()['id']}", _finished, 300)
     assert budget["status"] == "succeeded", (budget, server.log.read_text()[-3000:])
@@ -134,6 +134,12 @@ def test_esnac_job_end_to_end(servers: list[Server], server_env, tmp_path: Path)
     assert all(t["tag"] is None for t in btrials[2:]) and len(btrials) == 4
     finals = [t for t in btrials if t["final"] is not None]
     assert len(finals) == 2 and all(t["params"] <= limit for t in finals)
+    # the finish: the 2 x top_k best by search reward (here all 4) got a second, longer score
+    # (1 more epoch on every image), and the top_k within the budget by it were trained
+    assert all(t["finish"]["epochs"] == 1 and t["finish"]["seconds"] > 0 for t in btrials)
+    by_finish = sorted(btrials, key=lambda t: (t["params"] > limit, -t["finish"]["reward"],
+                                               t["number"]))  # fmt: skip
+    assert {t["id"] for t in finals} == {t["id"] for t in by_finish[:2]}
     for t in btrials:  # f = A within the budget, A * budget / params beyond
         a = t["accuracy"] / teacher["accuracy"]
         want = a if t["params"] <= limit else a * limit / t["params"]
