@@ -146,7 +146,10 @@ def load_onnx(data: bytes) -> Any:
     if external:
         raise _refuse(
             f"the model keeps {len(external)} tensor(s) in external data files (first: "
-            f"{external[0]!r}); upload one file with the weights inside: "
+            f"{external[0]!r}; torch.onnx.export writes model.onnx + model.onnx.data by "
+            "default); register it with `esnac teacher register --onnx model.onnx`, which puts "
+            "the data file beside it inside, or upload one file: export with "
+            "torch.onnx.export(..., external_data=False), or re-save with "
             "onnx.save(onnx.load('model.onnx'), 'single.onnx', save_as_external_data=False)"
         )
     opset = _default_opset(model)

@@ -126,6 +126,13 @@ def _onnx_teacher(data: bytes, num_classes: int, input_shape: tuple[int, int, in
 
     imported = import_onnx(data)
     if imported.input_shape != input_shape:
+        if sorted(imported.input_shape) == sorted(input_shape):  # the same sizes, reordered
+            raise BadSpecError(
+                f"the ONNX model takes C x H x W = {imported.input_shape} images but the "
+                f"dataset's read as {input_shape}: the dataset's arrays are probably in another "
+                "layout. An npz dataset holds x as N x H x W x C (channels last): convert "
+                "channels-first arrays with x.transpose(0, 2, 3, 1) and save again"
+            )
         raise BadSpecError(
             f"the ONNX model takes {imported.input_shape} images but the dataset's are "
             f"{input_shape}; export it with an input of that shape"

@@ -112,11 +112,49 @@ def cmd_teacher_register(args: argparse.Namespace) -> int:
     for field in ("accuracy", "name"):
         if getattr(args, field) is not None:
             data[field] = str(getattr(args, field))
-    with _client(args) as client, path.open("rb") as fh:
-        files = {"model" if onnx else "weights": (path.name, fh, "application/octet-stream")}
+    payload = onnx_single_file(path) if onnx else path.read_bytes()
+    with _client(args) as client:
+        files = {"model" if onnx else "weights": (path.name, payload, "application/octet-stream")}
         teacher = client.post("/v1/teachers", data=data, files=files)
     print(teacher_line(teacher))
     return 0
+
+
+#: Largest ONNX model the CLI puts into one file (protobuf's limit for one message).
+ONNX_SINGLE_FILE_LIMIT = 2**31 - 1
+
+
+def onnx_single_file(path: Path) -> bytes:
+    """The ONNX file's bytes, with weights kept in external data files beside it (what
+    `torch.onnx.export` writes by default: `model.onnx` + `model.onnx.data`) put inside."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - any parse error: let the server say what is wrong
+        del e
+        return path.read_bytes()
+    tensors = [*model.graph.initializer,
+               *(a.t for n in model.graph.node for a in n.attribute if a.HasField("t"))]
+    if not any(uses_external_data(t) for t in tensors):
+        return path.read_bytes()
+    try:
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except (OSError, ValueError) as e:
+        raise CliError(
+            f"{path} keeps its weights in external data files that could not be read ({e}); "
+            "keep them beside it, or export one file: torch.onnx.export(..., "
+            "external_data=False)"
+        ) from e
+    for t in tensors:
+        if uses_external_data(t):
+            t.data_location = onnx.TensorProto.DEFAULT
+            del t.external_data[:]
+    if model.ByteSize() > ONNX_SINGLE_FILE_LIMIT:
+        raise CliError(f"{path} with its external data is over 2 GB, too large for one upload")
+    print(f"{path.name}: weights from its external data file(s) put inside for upload")
+    return model.SerializeToString()  # type: ignore[no-any-return]
 
 
 def cmd_teacher_list(args: argparse.Namespace) -> int:
@@ -125,6 +163,7 @@ def cmd_teacher_list(args: argparse.Namespace) -> int:
     rows = [
         [
             t["id"],
+            t.get("name") or "-",
             t["arch"],
             t["dataset"],
             t["status"],
@@ -133,7 +172,7 @@ def cmd_teacher_list(args: argparse.Namespace) -> int:
         ]
         for t in teachers
     ]
-    print(format_table(("id", "arch", "dataset", "status", "params", "accuracy"), rows))
+    print(format_table(("id", "name", "arch", "dataset", "status", "params", "accuracy"), rows))
     return 0
 
 
@@ -338,9 +377,10 @@ def print_results(
             shown += f" ({top} shown)"
     else:
         shown = f", the best {top} shown" if evaluated > top else ""
+    name = f"{teacher['name']} ({teacher['arch']})" if teacher.get("name") else teacher["arch"]
     print(
         f"job {job['id']} ({job['status']}): {evaluated} students evaluated{shown}, "
-        f"teacher {teacher['arch']} on {job['dataset']}"
+        f"teacher {name} on {job['dataset']}"
     )
     target = job.get("target")
     if target:

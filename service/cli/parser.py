@@ -44,6 +44,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: The `--dataset` help of every command that takes one.
+DATASET_HELP = (
+    "digits (built in), cifar10, cifar100, npz:FILE (arrays x: uint8 N x H x W x C, y: labels; "
+    "a fixed-seed 90/10 split unless x_val / y_val are given; relative to ESNAC_DATA_DIR on "
+    "the server) or folder:DIR (one subfolder of images per class); README, \"Your data\""
+)
+
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
 
@@ -209,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a teacher from the zoo on the server's workers.",
     )
     p.add_argument("--arch", required=True, help="zoo architecture, e.g. resnet20")
-    p.add_argument("--dataset", required=True, help="digits, cifar10, cifar100, npz:PATH, ...")
+    p.add_argument("--dataset", required=True, help=DATASET_HELP)
     p.add_argument("--num-classes", type=_positive_int, required=True)
     for flag, name, kind in (
         ("--epochs", "epochs", _positive_int),
@@ -234,14 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "--onnx", metavar="FILE", help="an ONNX classifier with its weights inside (any network "
-        "built from the supported ops; see GET /v1/teachers/archs for the zoo)",
+        "--onnx", metavar="FILE", help="an ONNX classifier (any network built from the "
+        "supported ops; see GET /v1/teachers/archs for the zoo); weights kept in an external "
+        "data file beside it are put inside before upload",
     )  # fmt: skip
     src.add_argument("--weights", help="a .safetensors state dict of --arch")
     p.add_argument("--arch", help="zoo or plugin architecture of --weights")
     p.add_argument("--name", help="a name for the teacher (shown in listings)")
     p.add_argument("--num-classes", type=_positive_int, required=True)
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help=DATASET_HELP)
     p.add_argument(
         "--accuracy",
         type=float,
@@ -267,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Submit a compression search for a teacher.",
     )
     p.add_argument("--teacher", type=int, required=True, help="teacher id")
-    p.add_argument("--dataset", default=None, help="default: the teacher's dataset")
+    p.add_argument("--dataset", default=None,
+                   help="default: the teacher's dataset; otherwise " + DATASET_HELP)  # fmt: skip
     p.add_argument(
         "--embedding-from",
         type=int,

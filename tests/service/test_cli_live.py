@@ -102,3 +102,28 @@ def test_register_submit_watch_results_export(
 
         code, _, err = _run(capsys, "cancel", "1", *auth)
         assert code == 1 and "(HTTP 409)" in err
+
+        # the README's export line, exactly, registers through the CLI under its name; so does
+        # the default export, which writes the weights to a second file beside the model
+        readme = (Path(__file__).parents[2] / "README.md").read_text()
+        line = next(x for x in readme.splitlines() if "torch.onnx.export(" in x)
+        mynet = tmp_path / "mynet"
+        mynet.mkdir()
+        model = teacher.eval()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(mynet)
+            exec(line.lstrip("# "), {"torch": torch, "model": model})  # noqa: S102
+            torch.onnx.export(model, (torch.rand(1, 3, 32, 32),), "two.onnx")
+        assert sorted(p.name for p in mynet.iterdir()) == [
+            "mynet.onnx", "two.onnx", "two.onnx.data"]  # fmt: skip
+        for name, expect in (("mynet", "teacher 2: onnx (mynet) on digits, ready"),
+                             ("two", "teacher 3: onnx (two) on digits, ready")):  # fmt: skip
+            code, out, err = _run(
+                capsys, "teacher", "register", "--onnx", str(mynet / f"{name}.onnx"), "--name",
+                name, "--num-classes", "10", "--dataset", "digits", "--accuracy", "0.5", *auth,
+            )  # fmt: skip
+            assert code == 0 and expect in out, (out, err)
+        assert "put inside for upload" in out
+        code, out, _ = _run(capsys, "teacher", "list", "--url", server.url)
+        names = [row.split()[1] for row in out.splitlines()[2:]]
+        assert code == 0 and names == ["-", "mynet", "two"]

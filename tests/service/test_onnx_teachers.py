@@ -103,7 +103,7 @@ def test_unreadable_onnx_files_are_refused_and_store_nothing(
     rng = np.random.default_rng(0)
     cases = {
         "unsupported": (good, "node 'upsample' has op type Resize"),
-        "external": (external.SerializeToString(), "external data"),
+        "external": (external.SerializeToString(), "esnac teacher register --onnx model.onnx"),
         "truncated": (good[: len(good) // 2], "not a readable ONNX model"),
         "random": (rng.integers(0, 256, 5000, dtype=np.uint8).tobytes(), "ONNX"),
         "empty": (b"", "empty"),
@@ -125,6 +125,35 @@ def test_unreadable_onnx_files_are_refused_and_store_nothing(
                     json={"arch": "onnx", "num_classes": 10, "dataset": "digits"})  # fmt: skip
     assert r.status_code == 422 and "ONNX file" in r.text
     assert _stored(settings) == (0, [])
+
+
+def test_a_channels_first_dataset_gets_the_layout_message(
+    settings: Settings, tmp_path: Path
+) -> None:
+    from workers.data import _digits_arrays
+
+    images, labels = _digits_arrays()  # N x 3 x 32 x 32: channels first, not what npz takes
+    np.savez(tmp_path / "cf.npz", x=images[:100].numpy(), y=labels[:100].numpy())
+    with TestClient(create_app(settings.model_copy(update={"data_dir": str(tmp_path)}))) as c:
+        r = _upload(c, _with_resize_free(), dataset="npz:cf.npz")
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert "layout" in detail and "x.transpose(0, 2, 3, 1)" in detail and "export it" not in detail
+
+
+def _with_resize_free() -> bytes:
+    """A small supported ONNX classifier of 3 x 32 x 32 images."""
+    w = numpy_helper.from_array(np.ones((10, 3), np.float32), "w")
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["f"]),
+        helper.make_node("Gemm", ["f", "w"], ["y"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], initializer=[w],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
 @pytest.mark.slow
