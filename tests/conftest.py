@@ -19,6 +19,33 @@ import pytest
 PG_ADMIN = os.environ.get("ESNAC_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
+def require(what: str, available: bool, fix: str) -> None:
+    """Skip a test whose outside part (Postgres, Chromium) is missing -- with one clear reason
+    -- except in CI (`CI=true`), where every part is required and its absence fails the test."""
+    if available:
+        return
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} is required in CI: {fix}")
+    pytest.skip(f"no {what} on this machine ({fix})")
+
+
+def postgres_listening(host: str = "127.0.0.1", port: int = 5432) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def postgres_up() -> None:
+    """Postgres must accept connections on 127.0.0.1:5432 (skipped without, outside CI)."""
+    require("Postgres on 127.0.0.1:5432", postgres_listening(),
+            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")  # fmt: skip
+
+
 def _pg_admin():  # type: ignore[no-untyped-def]
     from sqlalchemy import create_engine
 
@@ -40,9 +67,7 @@ def pg_template() -> Iterator[str]:
         with engine.connect() as c:
             c.execute(text("SELECT 1"))
     except OperationalError as e:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Postgres on 127.0.0.1:5432 is required in CI: {e}")
-        pytest.skip(f"no Postgres on 127.0.0.1:5432: {e}")
+        require("Postgres on 127.0.0.1:5432", False, f"{e}".splitlines()[0])
     from service.db.migrate import upgrade
 
     name = f"esnac_test_{uuid.uuid4().hex[:12]}"

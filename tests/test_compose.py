@@ -264,6 +264,8 @@ def test_scripts_are_valid_bash(script: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_up")
 def test_wait_for_real_postgres_then_runs_command() -> None:
     result = subprocess.run(
         [str(DOCKER / "wait-for.sh"), "-t", "10", "127.0.0.1:5432", "--", "echo", "started"],
@@ -288,6 +290,8 @@ def test_wait_for_gives_up_with_a_message() -> None:
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.postgres
+@pytest.mark.usefixtures("postgres_up")
 def test_coordinator_entrypoint_waits_for_the_database_url() -> None:
     env = dict(
         os.environ,

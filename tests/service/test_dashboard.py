@@ -17,6 +17,7 @@ import pytest
 
 from service.cli.client import Client
 from service.devserver import LocalServer, local_server
+from tests.conftest import require
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -30,9 +31,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (never a Playwright "
-                    "browser download)")  # fmt: skip
+    require(f"Chromium at {CHROMIUM}", os.access(CHROMIUM, os.X_OK),
+            "apt-get install -y chromium; never a Playwright browser download")  # fmt: skip
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
