@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import numpy as np
@@ -381,3 +382,20 @@ def test_n2n_refuses_a_space_that_removes_units() -> None:
     space = CompressionSpace(layered.graph, teacher, layered.max_layers, removal="unit")
     with pytest.raises(SearcherError, match="single layers"):
         N2NSearcher(space)
+
+
+def test_a_uniform_shrink_is_torch_prunings_per_layer_pruning() -> None:
+    import torch_pruning as tp
+
+    teacher, space = _uneven_resnet20()
+    action = Action((), tuple(0.5 for _ in space.shrinkable), (), space.fingerprint)
+    ours = space.materialize(action).eval()
+    pruned = copy.deepcopy(teacher).eval()
+    tp.pruner.BasePruner(
+        pruned, torch.zeros(1, 3, 32, 32), importance=tp.importance.GroupMagnitudeImportance(p=2),
+        pruning_ratio=0.5, ignored_layers=[pruned.fc],
+    ).step()  # fmt: skip
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ours(x), pruned(x))
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in pruned.parameters())
