@@ -30,10 +30,22 @@ log = logging.getLogger(__name__)
 _STATIC = Path(__file__).resolve().parent / "static"
 
 
+class _NoSigtermNotice(logging.Filter):
+    """Drops Ray's "SIGTERM handler is not set" warning: `ray.init` runs in a worker thread
+    here, and the server's SIGTERM is uvicorn's to handle (a graceful shutdown), not Ray's."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("SIGTERM handler is not set")
+
+
+_NO_SIGTERM_NOTICE = _NoSigtermNotice()  # one instance: adding it again is a no-op
+
+
 def _start_ray(settings: Settings) -> bool:
     """Connect to (or start) Ray; returns whether this process started it."""
     import ray
 
+    logging.getLogger("ray._private.worker").addFilter(_NO_SIGTERM_NOTICE)
     if ray.is_initialized():
         return False
     if settings.ray_address:

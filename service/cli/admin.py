@@ -32,14 +32,21 @@ def _database_url(args: argparse.Namespace) -> str:
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from service.db.migrate import upgrade
+    from service.db.migrate import current, head, upgrade
 
     url = _database_url(args)
     try:
+        before = current(url)
         upgrade(url)
     except SQLAlchemyError as exc:
         raise CliError(f"cannot upgrade the database {_redact(url)}: {exc}") from exc
-    print(f"database schema is up to date ({_redact(url)})")
+    if before is None:
+        print(f"created the database schema, revision {head()} ({_redact(url)})")
+    elif before != head():
+        print(f"upgraded the database schema from revision {before} to {head()} "
+              f"({_redact(url)})")  # fmt: skip
+    else:
+        print(f"database schema is up to date, revision {head()} ({_redact(url)})")
     return 0
 
 

@@ -408,8 +408,11 @@
       page = Math.min(page, pages - 1);
       const slice = rows.slice(page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
       const tbody = document.getElementById("trial-rows");
+      // no latency column when the job measures none (it would be all dashes)
+      const measured = (job && job.latency) || [...trials.values()].some((t) => t.latency_ms != null);
+      document.getElementById("trials").classList.toggle("no-latency", !measured);
       tbody.innerHTML = slice.map((t) => `<tr data-trial-id="${t.id}" class="st-${esc(t.status)}${t.final ? " final" : ""}">` +
-        COLUMNS.map(([, , , render, cls]) => `<td${cls ? ` class="${cls}"` : ""}>${render(t)}</td>`).join("") +
+        COLUMNS.map(([k, , , render, cls]) => `<td data-col="${k}"${cls ? ` class="${cls}"` : ""}>${render(t)}</td>`).join("") +
         `</tr>`).join("") || `<tr><td colspan="${COLUMNS.length}" class="muted">No trials yet — the searcher is proposing candidates…</td></tr>`;
       const c = [...trials.values()].reduce((acc, t) => (acc[t.status] = (acc[t.status] || 0) + 1, acc), {});
       document.getElementById("trial-count").textContent =

@@ -166,7 +166,9 @@ window.ESNACCharts = (() => {
         `${(100 * teacher.y).toFixed(2)}%</title></path>`;
       const anchor = x > PW - 80 ? "end" : "start";
       const dx = anchor === "end" ? -10 : 10;
-      s += `<text class="teacher-label" x="${x + dx}" y="${y - 8}" text-anchor="${anchor}">teacher</text>`;
+      // above the mark, or below it when the mark is at the top edge of the plot
+      const ty = y - 8 < 12 ? y + 18 : y - 8;
+      s += `<text class="teacher-label" x="${x + dx}" y="${ty}" text-anchor="${anchor}">teacher</text>`;
     }
     s += `</g></svg>`;
     return s;

@@ -123,6 +123,9 @@ def test_db_check_names_the_fix(capsys: pytest.CaptureFixture[str], tmp_path) ->
     assert main(["db", "check", "--database-url", url]) == 1
     assert "esnac db upgrade" in capsys.readouterr().err
     assert main(["db", "upgrade", "--database-url", url]) == 0
+    assert "created the database schema" in capsys.readouterr().out
+    assert main(["db", "upgrade", "--database-url", url]) == 0
+    assert "schema is up to date" in capsys.readouterr().out
     assert main(["db", "check", "--database-url", url]) == 0
     assert "schema is current" in capsys.readouterr().out
 
