@@ -49,6 +49,7 @@ async def check_teacher(
     dataset: str,
     weights: bytes | None = None,
     accuracy: float | None = None,
+    accept_low_accuracy: bool = False,
 ) -> CheckedTeacher:
     """Check a teacher in a child process (see `workers.teacher_check.check_teacher`).
 
@@ -63,6 +64,7 @@ async def check_teacher(
             "dataset": dataset,
             "data_dir": settings.data_dir,
             "accuracy": accuracy,
+            "accept_low_accuracy": accept_low_accuracy,
             "threads": settings.threads_per_trial or 1,
         }
         if weights is not None:

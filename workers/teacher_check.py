@@ -19,6 +19,10 @@ from typing import Any
 __all__ = ["TeacherFacts", "check_teacher", "main", "measure_accuracy"]
 
 
+#: A teacher below this multiple of chance accuracy is refused unless the user insists.
+LOW_ACCURACY = 1.5
+
+
 @dataclass(frozen=True)
 class TeacherFacts:
     """What the checks found: the network's size, the dataset's input shape, the accuracy, and
@@ -39,6 +43,7 @@ def check_teacher(
     weights: bytes | None = None,
     accuracy: float | None = None,
     device: Any = None,
+    accept_low_accuracy: bool = False,
 ) -> TeacherFacts:
     """Check a teacher; with `weights` and no `accuracy`, measure the accuracy.
 
@@ -53,6 +58,9 @@ def check_teacher(
             or the ONNX file.
         accuracy: the accuracy the user states, in (0, 1] (None: measured when weights are given).
         device: where to evaluate (default CPU).
+        accept_low_accuracy: register a teacher below `LOW_ACCURACY` x chance anyway (otherwise
+            refused: a wrong dataset, other preprocessing or an untrained network is likelier
+            than a useful teacher).
 
     Raises:
         BadSpecError: with a message that names the problem and how to fix it.
@@ -75,6 +83,7 @@ def check_teacher(
         raise BadSpecError(f"num_classes must be at least 1, got {num_classes}")
     if accuracy is not None and not 0.0 < accuracy <= 1.0:
         raise BadSpecError(f"accuracy must be a fraction in (0, 1], got {accuracy}")
+    stated = accuracy is not None
     try:
         n, shape = dataset_info(dataset, root=data_dir)
     except BadSpecError as e:
@@ -112,6 +121,17 @@ def check_teacher(
                     f"the weights score 0 accuracy on {dataset!r}'s validation split; "
                     "wrong dataset?"
                 )
+    chance = 1.0 / num_classes
+    if accuracy is not None and accuracy < LOW_ACCURACY * chance and not accept_low_accuracy:
+        how = "is stated as" if stated else "scores"
+        raise BadSpecError(
+            f"the teacher {how} {100 * accuracy:.1f} % on {dataset!r}'s validation split, below "
+            f"{LOW_ACCURACY:g}x chance ({100 * LOW_ACCURACY * chance:.1f} % for {num_classes} "
+            "classes). Likely causes: the network was trained on another dataset, expects other "
+            "preprocessing (the service feeds images scaled to 0..1 and normalised per channel "
+            "by the training split's mean and std), or is untrained. To register it anyway, "
+            "pass accept_low_accuracy=true (CLI: --accept-low-accuracy)"
+        )
     return TeacherFacts(params, input_shape, accuracy, sizes)
 
 
@@ -187,6 +207,7 @@ def main() -> int:
             request.get("data_dir"),
             Path(path).read_bytes() if path else None,
             request.get("accuracy"),
+            accept_low_accuracy=bool(request.get("accept_low_accuracy")),
         )
     except WorkerError as e:
         json.dump({"ok": False, "message": e.message}, sys.stdout)

@@ -112,6 +112,8 @@ def cmd_teacher_register(args: argparse.Namespace) -> int:
     for field in ("accuracy", "name"):
         if getattr(args, field) is not None:
             data[field] = str(getattr(args, field))
+    if getattr(args, "accept_low_accuracy", False):
+        data["accept_low_accuracy"] = "true"
     payload = onnx_single_file(path) if onnx else path.read_bytes()
     with _client(args) as client:
         files = {"model" if onnx else "weights": (path.name, payload, "application/octet-stream")}

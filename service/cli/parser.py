@@ -256,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="validation accuracy in [0, 1] (default: measured by the server)",
     )
+    p.add_argument(
+        "--accept-low-accuracy", action="store_true",
+        help="register it even below 1.5x chance accuracy (otherwise refused: usually a wrong "
+        "dataset or preprocessing)",
+    )  # fmt: skip
     _add_client_options(p)
     p.set_defaults(func=commands.cmd_teacher_register)
 

@@ -51,8 +51,9 @@ def _upload(
     accuracy="0.9",
     headers=AUTH,
     dataset: str = "digits",
+    **extra: str,
 ):
-    form = {"arch": arch, "num_classes": "10", "dataset": dataset}
+    form = {"arch": arch, "num_classes": "10", "dataset": dataset, **extra}
     if accuracy is not None:
         form["accuracy"] = accuracy
     return client.post(
@@ -100,12 +101,24 @@ def test_upload_measures_accuracy_when_not_given(client: TestClient, resnet20_by
     from workers.export import load_state_safetensors
     from workers.train import evaluate
 
-    r = _upload(client, resnet20_bytes, accuracy=None)
-    assert r.status_code == 201, r.text
     model = zoo.build("resnet20", 10)
     load_state_safetensors(model, resnet20_bytes)
     want = evaluate(model, load_dataset("digits", None, False).val)  # the same split, locally
+    assert want < 0.15  # untrained: a network on the wrong data scores like this
+    r = _upload(client, resnet20_bytes, accuracy=None)
+    assert r.status_code == 422, r.text
+    detail = r.json()["detail"]
+    assert f"scores {100 * want:.1f} %" in detail and "below 1.5x chance (15.0 %" in detail
+    assert "another dataset" in detail and "--accept-low-accuracy" in detail
+    r = _upload(client, resnet20_bytes, accuracy="0.12")  # stated: refused the same way
+    assert r.status_code == 422 and "is stated as 12.0 %" in r.text, r.text
+    r = _upload(client, resnet20_bytes, accuracy=None, accept_low_accuracy="true")
+    assert r.status_code == 201, r.text
     assert r.json()["accuracy"] == pytest.approx(want, abs=1e-9)
+    # a real network on the wrong dataset: the 87.6 % CIFAR-10 teacher of the studies on digits
+    cifar = Path(__file__).parents[2] / "benchmarks/data/teachers/cifar10_resnet20.safetensors"
+    r = _upload(client, cifar.read_bytes(), accuracy=None)
+    assert r.status_code == 422 and "another dataset" in r.text, r.text
 
 
 @pytest.mark.parametrize(

@@ -115,12 +115,17 @@ async def upload_teacher(
     ] = None,
     accuracy: Annotated[float | None, Form()] = None,
     name: Annotated[str | None, Form(max_length=128)] = None,
+    accept_low_accuracy: Annotated[
+        bool, Form(description="register a teacher below 1.5x chance accuracy anyway")
+    ] = False,
 ) -> TeacherPublic:
     """Register a trained teacher: either `arch` + `weights` (loaded strictly into the
     architecture; 422 naming missing or unexpected keys and wrong shapes) or `model`, an ONNX
     file (imported into the search's own network and checked against ONNX Runtime; 422 naming
     an unsupported node and the supported ops). The accuracy is measured on the dataset's
-    validation split when not given. Nothing is stored when any check fails."""
+    validation split when not given. A teacher below 1.5x chance accuracy (measured or given) is
+    refused, with the likely causes, unless `accept_low_accuracy`. Nothing is stored when any
+    check fails."""
     if weights is not None and model is not None:
         raise _unprocessable(
             "send either `model` (an ONNX file) or `arch` and `weights` (safetensors), not both"
@@ -143,7 +148,7 @@ async def upload_teacher(
         )
     checked = await _checked(
         settings, arch=arch, num_classes=num_classes, dataset=dataset, weights=data,
-        accuracy=accuracy,
+        accuracy=accuracy, accept_low_accuracy=accept_low_accuracy,
     )  # fmt: skip
     teacher = await run_in_threadpool(
         _store_upload, storage, artifacts, arch, num_classes, dataset, checked, data, name
