@@ -57,7 +57,7 @@ from service.searchers import (
     make_searcher,
     space_removal,
 )
-from service.targets import rank_students
+from service.targets import floor_accuracy, rank_students
 from workers import shipping
 from workers.spec import FullTraining, SearchTraining, TrialSpec
 
@@ -526,7 +526,11 @@ class JobRunner:
                     if t.status is TrialState.SUCCEEDED and t.reward is not None
                 ]
 
-        ranked = rank_students(await s.db(succeeded), job.target)
+        floor = floor_accuracy(job.accuracy_floor, self.ctx["teacher_accuracy"],
+                               self.ctx["num_classes"])  # fmt: skip
+        # a student below the accuracy floor (near chance) is never fully trained
+        ranked = [t for t in rank_students(await s.db(succeeded), job.target, floor=floor)
+                  if floor is None or (t.accuracy or 0.0) >= floor]  # fmt: skip
         problems: list[str] = []
         if finish_epochs > 0 and job.top_k > 0:
             finalists = ranked[: 2 * job.top_k]
@@ -536,6 +540,12 @@ class JobRunner:
             numbers = {t.number for t in finalists}
             again = [t for t in await s.db(succeeded) if t.number in numbers]
             ranked = rank_students(again, job.target, by_finish=True)
+        if job.top_k > 0 and not ranked:
+            problems.append(
+                f"no student reached the accuracy floor ({100 * (floor or 0):.1f} %: chance + "
+                f"{job.accuracy_floor:g} of the teacher's margin), so none was fully trained; "
+                "is the teacher right for this dataset? (accuracy_floor 0 turns the floor off)"
+            )
         todo = [t for t in ranked[: job.top_k] if t.final_accuracy is None]
         errors = await asyncio.gather(*(self._full_train(t) for t in todo))
         problems += [e for e in errors if e]

@@ -13,7 +13,7 @@ from typing import Any
 from service.db import Teacher, Trial
 from workers.spec import SIZE_TARGETS
 
-__all__ = ["TargetError", "rank_students", "resolve_target", "within_target"]
+__all__ = ["TargetError", "floor_accuracy", "rank_students", "resolve_target", "within_target"]
 
 
 class TargetError(ValueError):
@@ -88,17 +88,34 @@ def within_target(target: dict[str, Any] | None, params: int | None, flops: int 
     return size is not None and size <= float(target["value"])
 
 
-def rank_students(
-    trials: list[Trial], target: dict[str, Any] | None, *, by_finish: bool = False
-) -> list[Trial]:
-    """Succeeded students in the order the job trains them: within the budget first, then by
-    reward -- the finishing evaluation's (`by_finish`; finalists without one after those with
-    one) or the search's -- ties to the lower trial number."""
+def floor_accuracy(
+    fraction: float | None, teacher_accuracy: float | None, num_classes: int
+) -> float | None:
+    """The search accuracy a student needs to rank first or be fully trained: chance plus
+    `fraction` of the teacher's margin over chance (None: no floor)."""
+    if not fraction or teacher_accuracy is None or num_classes < 1:
+        return None
+    chance = 1.0 / num_classes
+    return chance + float(fraction) * max(0.0, float(teacher_accuracy) - chance)
 
-    def key(t: Trial) -> tuple[bool, bool, float, int]:
+
+def rank_students(
+    trials: list[Trial],
+    target: dict[str, Any] | None,
+    *,
+    by_finish: bool = False,
+    floor: float | None = None,
+) -> list[Trial]:
+    """Succeeded students in the order the job trains them: those at or above the accuracy
+    `floor` first, within the budget first, then by reward -- the finishing evaluation's
+    (`by_finish`; finalists without one after those with one) or the search's -- ties to the
+    lower trial number."""
+
+    def key(t: Trial) -> tuple[bool, bool, bool, float, int]:
         finish = t.finish if by_finish else None
         score = float(finish["reward"]) if finish else float(t.reward or 0.0)
-        return (not within_target(target, t.params, t.flops), by_finish and not finish,
+        below = floor is not None and (t.accuracy or 0.0) < floor
+        return (below, not within_target(target, t.params, t.flops), by_finish and not finish,
                 -score, t.number)  # fmt: skip
 
     return sorted(trials, key=key)

@@ -22,6 +22,7 @@ from service.api.schemas import (
     TrialPublic,
 )
 from service.db import Job, JobState, Repository, Teacher, Trial
+from service.targets import floor_accuracy
 
 __all__ = ["job_public", "teacher_public", "trial_public", "utc"]
 
@@ -91,7 +92,9 @@ def _source(repo: Repository, j: Job) -> EmbeddingSource | None:
 def job_public(repo: Repository, j: Job, waiting: str | None = None) -> JobPublic:
     """`waiting`: why the scheduler cannot start trials now (shown for unfinished jobs)."""
     counts = repo.job_counts(j.id)
-    best = repo.best_trial(j.id)
+    teacher = repo.get_teacher(j.teacher_id)
+    floor = floor_accuracy(j.accuracy_floor, teacher.accuracy, teacher.num_classes)
+    best = repo.best_trial(j.id, min_accuracy=floor)
     return JobPublic(
         id=j.id, teacher_id=j.teacher_id, dataset=j.dataset,
         strategy=j.strategy,  # type: ignore[arg-type]
@@ -100,6 +103,7 @@ def job_public(repo: Repository, j: Job, waiting: str | None = None) -> JobPubli
         reward=j.reward,  # type: ignore[arg-type]
         latency=LatencyIn(**j.latency) if j.latency is not None else None,
         target=TargetPublic(**j.target) if j.target is not None else None,
+        accuracy_floor=j.accuracy_floor or 0.0, floor_accuracy=floor,
         seed=j.seed, embedding_from=j.embedding_from, embedding_source=_source(repo, j),
         searcher=EsnacOptions(**j.searcher),
         status=j.status.value, error=j.error,

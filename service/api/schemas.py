@@ -43,6 +43,11 @@ __all__ = [
     "TrialStatus",
 ]
 
+#: The default accuracy floor: chance + 10 % of the teacher's margin over chance. On the v2
+#: CIFAR-10 pool (600 members, teacher 87.56 %) it passes over 45 students (8.7-17.6 % proxy
+#: accuracy, rewards at most 0.20 against the pool's best 0.53).
+ACCURACY_FLOOR = 0.1
+
 JobStatus = Literal["queued", "running", "finalizing", "succeeded", "failed", "cancelled"]
 TrialStatus = Literal["pending", "running", "succeeded", "failed"]
 TeacherStatus = Literal["training", "ready", "failed"]
@@ -285,6 +290,12 @@ class JobCreate(_In):
         description='the size budget of params_target / flops_target: {"params": 100000}, '
         '{"flops": 10000000} or {"times_smaller": 5}',
     )
+    accuracy_floor: float = Field(
+        default=ACCURACY_FLOOR, ge=0, lt=1,
+        description="a student whose search accuracy is below chance + this fraction of the "
+        "teacher's margin over chance cannot rank first or be fully trained (a tiny student "
+        "near chance can otherwise win f(x)); 0 turns the floor off",
+    )  # fmt: skip
     latency: LatencyIn | None = Field(
         default=None,
         description="measure every student's (and the teacher's) latency on this target; "
@@ -453,6 +464,11 @@ class JobPublic(BaseModel):
     reward: Literal[REWARDS]  # type: ignore[valid-type]
     latency: LatencyIn | None
     target: TargetPublic | None = None
+    accuracy_floor: float = Field(default=0.0, description="the floor's fraction (0: none)")
+    floor_accuracy: float | None = Field(
+        default=None, description="the search accuracy a student needs to rank first or be "
+        "fully trained (null: no floor)",
+    )  # fmt: skip
     seed: int
     embedding_from: int | None
     embedding_source: EmbeddingSource | None = None

@@ -188,7 +188,7 @@ def cmd_teacher_show(args: argparse.Namespace) -> int:
 def job_body(args: argparse.Namespace) -> dict[str, Any]:
     """The `POST /v1/jobs` body from `submit` / `demo` options (unset options: server default)."""
     body: dict[str, Any] = {"teacher_id": args.teacher}
-    for opt in ("strategy", "steps", "per_step", "top_k", "reward", "seed"):
+    for opt in ("strategy", "steps", "per_step", "top_k", "reward", "seed", "accuracy_floor"):
         if getattr(args, opt, None) is not None:
             body[opt] = getattr(args, opt)
     if getattr(args, "dataset", None):
@@ -371,6 +371,7 @@ def print_results(
     teacher = client.teacher(job["teacher_id"])
     trials = client.trials(job["id"])
     _check_pareto(job, trials, pareto)
+    floor = job.get("floor_accuracy")
     evaluated = len(ranked_trials(trials))
     if pareto:
         front = len(pareto_trials(trials, pareto))
@@ -390,8 +391,13 @@ def print_results(
         asked = f" ({target['times_smaller']:g}x smaller)" if target.get("times_smaller") else ""
         print(f"budget: at most {format_count(int(target['value']))} {target['measure']}{asked};"
               f" {meets} of {evaluated} students meet it")  # fmt: skip
+    below = sum((t.get("accuracy") or 0.0) < floor for t in ranked_trials(trials)) if floor else 0
+    if below and floor is not None:
+        print(f"{below} student(s) below the accuracy floor ({100 * floor:.1f} %: chance + "
+              f"{job['accuracy_floor']:g} of the teacher's margin) are ranked last and not fully "
+              "trained: near chance, whatever their size")  # fmt: skip
     latency = has_latency(trials)
-    rows = results_rows(trials, teacher, top, latency, pareto, target)
+    rows = results_rows(trials, teacher, top, latency, pareto, target, floor)
     print(format_table(result_headers(latency, target is not None), rows))
 
 

@@ -153,6 +153,9 @@ def _add_search_options(parser: argparse.ArgumentParser, demo: bool = False) -> 
     budget.add_argument("--compression", default=None, type=_factor, metavar="Nx",
                         help="the most accurate student N times smaller than the teacher (5x), "
                         "in parameters (or FLOPs with --reward flops_target)")  # fmt: skip
+    option("--accuracy-floor", None, JobCreate, "accuracy_floor",
+           "students below chance + this fraction of the teacher's margin over chance cannot "
+           "rank first or be fully trained (0: off)", type=float)  # fmt: skip
     option("--seed", 0, JobCreate, "seed", "job seed", type=int)
     option("--kernels", None, EsnacOptions, "kernels", "ESNAC: kernels per step",
            type=_positive_int)  # fmt: skip

@@ -83,10 +83,17 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
 
 
-def ranked_trials(trials: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Succeeded trials, best reward first (ties: fewer parameters first)."""
+def ranked_trials(
+    trials: Sequence[dict[str, Any]], floor: float | None = None
+) -> list[dict[str, Any]]:
+    """Succeeded trials, best reward first (ties: fewer parameters first); those below the
+    job's accuracy `floor` (`JobPublic.floor_accuracy`) after all others."""
     done = [t for t in trials if t["status"] == "succeeded" and t.get("reward") is not None]
-    return sorted(done, key=lambda t: (-t["reward"], t.get("params") or 0))
+    return sorted(done, key=lambda t: (_below(t, floor), -t["reward"], t.get("params") or 0))
+
+
+def _below(t: dict[str, Any], floor: float | None) -> bool:
+    return floor is not None and (t.get("accuracy") or 0.0) < floor
 
 
 #: the `--pareto` axes: what "smaller" is measured on, as a trial field
@@ -137,13 +144,15 @@ def results_rows(
     latency: bool = False,
     pareto: str | None = None,
     target: dict[str, Any] | None = None,
+    floor: float | None = None,
 ) -> list[list[Any]]:
     """Rows of the result table: the teacher first, then the `top` best students (with the
     `result_headers(latency, target is not None)` columns; the teacher's latency is the median
     of its measurements on the trials' workers). With `pareto` (a `PARETO_AXES` key) the
     students are the Pareto front on that axis and accuracy, smallest first, instead of the
-    best rewards; with `target` (a job's size budget) a last column says which meet it."""
-    students = pareto_trials(trials, pareto) if pareto else ranked_trials(trials)
+    best rewards; with `target` (a job's size budget) a last column says which meet it; with
+    `floor` the students below it come last, marked."""
+    students = pareto_trials(trials, pareto) if pareto else ranked_trials(trials, floor)
     teacher_params = int(teacher["params"])
     rows: list[list[Any]] = [
         [
@@ -172,7 +181,8 @@ def results_rows(
                 f"{smaller:.2f}x",
                 f"{t['compression']:.4f}" if t.get("compression") is not None else None,
                 f"{t['reward']:.4f}"
-                + (f" (finish {t['finish']['reward']:.4f})" if t.get("finish") else ""),
+                + (f" (finish {t['finish']['reward']:.4f})" if t.get("finish") else "")
+                + (" (below floor)" if _below(t, floor) else ""),
                 _pct(final.get("accuracy")),
             ]
         )

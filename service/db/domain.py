@@ -147,6 +147,9 @@ class Job:
     #: the size budget of a `*_target` reward: {"measure": "params" | "flops", "value": the
     #: absolute budget, "times_smaller": the factor asked for or None}
     target: dict[str, Any] | None = None
+    #: a student below chance + this fraction of the teacher's margin over chance cannot rank
+    #: first or be fully trained (None or 0: no floor)
+    accuracy_floor: float | None = None
 
     @property
     def budget(self) -> int:

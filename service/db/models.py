@@ -75,6 +75,7 @@ class JobModel(Base):
     reward: Mapped[str] = mapped_column(String(16))
     latency: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     target: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    accuracy_floor: Mapped[float | None] = mapped_column(Float)
     seed: Mapped[int] = mapped_column(BigInteger)
     embedding_from: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     searcher: Mapped[dict[str, Any]] = mapped_column(JSON)

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, func, select, text
+from sqlalchemy import Engine, case, create_engine, event, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.db.domain import (
@@ -242,6 +242,7 @@ def _job(m: JobModel) -> Job:
         started_at=m.started_at, finished_at=m.finished_at, updated_at=m.updated_at,
         latency=dict(m.latency) if m.latency is not None else None,
         target=dict(m.target) if m.target is not None else None,
+        accuracy_floor=m.accuracy_floor,
     )  # fmt: skip
 
 
@@ -449,12 +450,14 @@ class Repository:
         )
         return counts
 
-    def best_trial(self, job_id: int) -> Trial | None:
-        """The succeeded trial with the highest reward (ties: lowest number)."""
+    def best_trial(self, job_id: int, min_accuracy: float | None = None) -> Trial | None:
+        """The succeeded trial with the highest reward (ties: lowest number); with
+        `min_accuracy`, one at or above it when there is one."""
+        below = case((TrialModel.accuracy < (min_accuracy or 0.0), 1), else_=0)
         m = self._s.scalars(
             select(TrialModel)
             .where(TrialModel.job_id == job_id, TrialModel.status == TrialState.SUCCEEDED.value)
-            .order_by(TrialModel.reward.desc(), TrialModel.number)
+            .order_by(below, TrialModel.reward.desc(), TrialModel.number)
             .limit(1)
         ).first()
         return _trial(m) if m is not None else None

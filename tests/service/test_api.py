@@ -283,6 +283,31 @@ def test_size_budgets_are_resolved_and_bad_ones_refused(
         assert r.status_code == 422 and needle in r.text, (reward, target, r.text)
 
 
+def test_a_near_chance_student_never_ranks_first(
+    client: TestClient, resnet20_bytes: bytes, settings: Settings
+) -> None:
+    teacher = _upload(client, resnet20_bytes).json()  # stated accuracy 0.9: floor 0.18
+    job = client.post("/v1/jobs", json={"teacher_id": teacher["id"]}, headers=AUTH).json()
+    assert job["accuracy_floor"] == 0.1 and job["floor_accuracy"] == pytest.approx(0.18)
+    storage = Storage(settings.database_url)
+    with storage.session() as repo:  # as the scheduler would store two results
+        tiny, real = repo.create_trials(job["id"], [{"n": 0}, {"n": 1}])
+        for t, acc, params, reward in ((tiny, 0.11, 300, 0.7), (real, 0.6, 90_000, 0.45)):
+            repo.update_trial(t.id, TrialState.RUNNING, new_attempt=True, worker="w")
+            repo.update_trial(t.id, TrialState.SUCCEEDED, params=params, flops=params,
+                              accuracy=acc, compression=0.5, reward=reward, history=[acc],
+                              seconds={})  # fmt: skip
+    storage.dispose()
+    best = client.get(f"/v1/jobs/{job['id']}").json()["best_trial"]
+    assert best["id"] == real.id  # the tiny one has the higher raw reward, at 11 % accuracy
+    off = client.post("/v1/jobs", json={"teacher_id": teacher["id"], "accuracy_floor": 0},
+                      headers=AUTH).json()  # fmt: skip
+    assert off["floor_accuracy"] is None
+    r = client.post("/v1/jobs", json={"teacher_id": teacher["id"], "accuracy_floor": 1.5},
+                    headers=AUTH)  # fmt: skip
+    assert r.status_code == 422 and "less than 1" in r.text
+
+
 def test_jobs_validation_list_and_cancel(client: TestClient, resnet20_bytes: bytes) -> None:
     teacher = _upload(client, resnet20_bytes).json()
     bad = [

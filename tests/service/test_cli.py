@@ -191,6 +191,11 @@ def test_result_table_shows_the_budget_and_the_seeds() -> None:
     assert headers[-1] == "budget" and all(len(r) == len(headers) for r in rows)
     assert [r[-1] for r in rows] == ["-", "meets", "over", "meets"]
     assert rows[1][2] == "0/seed:uniform"
+    # the accuracy floor: a near-chance student ranks last, marked, whatever its reward
+    trials[2] |= {"accuracy": 0.11, "reward": 0.99}
+    ranked = results_rows(trials, teacher, top=3, target=target, floor=0.18)
+    assert [r[1] for r in ranked[1:]] == [1, 2, 3]
+    assert ranked[3][headers.index("reward")] == "0.9900 (below floor)"
     assert rows[1][headers.index("reward")] == "0.9000 (finish 0.9500)"
 
 

@@ -57,6 +57,7 @@ def test_register_submit_watch_results_export(
         code, out, err = _run(capsys, "submit", "--teacher", "1", "--strategy", "random",
                               "--steps", "2", "--per-step", "1", "--search-epochs", "1",
                               "--max-train-samples", "64", "--top-k", "1", "--full-epochs", "1",
+                              "--accuracy-floor", "0",
                               "--watch", *auth)  # fmt: skip
         assert code == 0, err
         lines = out.splitlines()

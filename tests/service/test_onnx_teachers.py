@@ -195,6 +195,7 @@ def test_onnx_teachers_are_searched_to_self_contained_students(
             assert out.startswith(f"teacher {job_id}: onnx ({name}) on digits, ready"), out
             code = main(["submit", "--teacher", str(job_id), "--steps", "2", "--per-step", "1",
                          "--search-epochs", "1", "--max-train-samples", "64", "--top-k", "1",
+                         "--accuracy-floor", "0",
                          "--full-epochs", "1", "--watch", *auth])  # fmt: skip
             out, err = capsys.readouterr()
             assert code == 0 and f"job {job_id} (succeeded)" in out, (out, err)

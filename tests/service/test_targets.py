@@ -45,3 +45,15 @@ def test_the_finish_re_ranks_where_the_two_scores_disagree() -> None:
     assert _numbers(rank_students(trials, None, by_finish=True)) == [2, 1, 0, 3]
     over = {"measure": "params", "value": 50.0}  # nobody meets it: the finish still orders
     assert _numbers(rank_students(trials, over, by_finish=True)) == [2, 1, 0, 3]
+
+
+def test_students_below_the_accuracy_floor_come_last() -> None:
+    from service.targets import floor_accuracy
+
+    assert floor_accuracy(0.1, 0.9, 10) == 0.1 + 0.1 * 0.8
+    assert floor_accuracy(0.0, 0.9, 10) is None and floor_accuracy(None, 0.9, 10) is None
+    # a near-chance tiny student with the highest raw reward, and two real ones
+    trials = [_trial(0, 10, 0.95), _trial(1, 200, 0.6), _trial(2, 100, 0.5)]
+    object.__setattr__(trials[0], "accuracy", 0.11)
+    assert _numbers(rank_students(trials, None)) == [0, 1, 2]
+    assert _numbers(rank_students(trials, None, floor=0.18)) == [1, 2, 0]

@@ -132,6 +132,7 @@ def create_job(
             full_training=body.full_training.model_dump(), reward=body.reward, seed=body.seed,
             embedding_from=body.embedding_from, searcher=body.searcher.model_dump(),
             latency=latency.model_dump() if latency is not None else None, target=target,
+            accuracy_floor=body.accuracy_floor,
         )  # fmt: skip
         out = job_public(repo, job)
     if scheduler is not None:
