@@ -316,7 +316,7 @@
         ${job.waiting ? `<div class="waiting block">${esc(job.waiting)}</div>` : ""}
         <div class="summary">
           <div class="stat"><span class="label">teacher</span>
-            <span class="value">${esc(teacher.arch)} <span class="muted">#${teacher.id}</span></span>
+            <span class="value">${esc(teacher.name || teacher.arch)} <span class="muted">${teacher.name ? `${esc(teacher.arch)} ` : ""}#${teacher.id}</span></span>
             <span class="sub">${esc(teacher.dataset)} · ${count(teacher.params)} params · ${pct(teacher.accuracy)}</span></div>
           <div class="stat"><span class="label">search</span>
             <span class="value">${esc(job.strategy)}</span>
@@ -384,7 +384,7 @@
         tx = ts.length % 2 ? ts[mid] : (ts[mid - 1] + ts[mid]) / 2;
       }
       const tmark = teacher && teacher.accuracy != null && tx != null
-        ? { x: tx, y: teacher.accuracy, label: `teacher ${teacher.arch}` } : null;
+        ? { x: tx, y: teacher.accuracy, label: `teacher ${teacher.name || teacher.arch}` } : null;
       document.getElementById("chart-scatter").innerHTML = charts.scatter(pts, tmark, axis);
     }
 

@@ -77,7 +77,8 @@ def _upload_teacher(client: Client) -> dict[str, Any]:
     data = state_to_safetensors(zoo.build("resnet20", 10))
     return client.post(
         "/v1/teachers",
-        data={"arch": "resnet20", "num_classes": "10", "dataset": "digits", "accuracy": "0.95"},
+        data={"arch": "resnet20", "num_classes": "10", "dataset": "digits", "accuracy": "0.95",
+              "name": "tiny-resnet"},
         files={"weights": ("teacher.safetensors", data, "application/octet-stream")},
     )
 
@@ -104,6 +105,7 @@ def test_new_trials_appear_without_reload_while_a_job_runs(
             "teacher_id": teacher["id"], "strategy": "random", "steps": LIVE_TRIALS,
             "per_step": 1, "search": {"epochs": 2, "max_train_samples": 512, "batch_size": 64},
             "top_k": 1, "full_training": {"epochs": 1, "batch_size": 64}, "seed": 1,
+            "accuracy_floor": 0,  # an untrained teacher: its students sit near chance
         })  # fmt: skip
         page, log = _open(browser, f"{server.url}/#/jobs/{job['id']}")
         rows = page.locator("#trial-rows tr[data-trial-id]")
@@ -207,6 +209,7 @@ def test_thousands_of_trials_poll_incrementally_and_cancel(browser: Any, tmp_pat
         assert "2000 · 1998 succeeded · 2 running" in page.inner_text("#trial-count")
         # a budgeted job: the budget in its header, the seeds tagged in the trial table
         assert "accuracy within" in page.inner_text("#job-head")
+        assert "tiny-resnet" in page.inner_text("#job-head")  # the teacher's name
         assert "4× smaller" in page.inner_text("#job-head")
         page.click("#trials th[data-key=number]")  # trial order: the seeds come first
         page.wait_for_selector("#trial-rows .seed >> text=seed:uniform")

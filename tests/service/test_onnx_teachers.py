@@ -221,3 +221,59 @@ def test_onnx_teachers_are_searched_to_self_contained_students(
             with torch.no_grad():
                 torch_logits = net(torch.from_numpy(raw)).numpy()
             assert np.abs(torch_logits - logits).max() < 1e-3
+
+
+@pytest.mark.slow
+def test_a_grayscale_28x28_network_runs_a_job_end_to_end(
+    tmp_path: Path, ray_session: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Images other than 3 x 32 x 32: a 1 x 28 x 28 classifier (MNIST-sized) on grayscale
+    digits, from ONNX registration to an exported student that takes 1 x 28 x 28 images."""
+    import io
+    import json
+
+    import onnxruntime as ort
+    import torch
+    from torch import nn
+
+    from service.cli import main
+    from service.devserver import local_server
+    from workers.data import _digits_arrays
+
+    images, labels = _digits_arrays()  # N x 3 x 32 x 32 uint8
+    gray = torch.nn.functional.interpolate(images[:, :1].float(), size=(28, 28), mode="bilinear")
+    x = gray.round().clamp(0, 255).to(torch.uint8)[:, 0].numpy()  # N x 28 x 28: grayscale
+    np.savez(tmp_path / "gray28.npz", x=x, y=labels.numpy())
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10),
+    ).eval()  # fmt: skip
+    buf = io.BytesIO()
+    torch.onnx.export(net, (torch.rand(1, 1, 28, 28),), buf, dynamo=False,
+                      training=torch.onnx.TrainingMode.PRESERVE)  # fmt: skip
+    path = tmp_path / "gray.onnx"
+    path.write_bytes(buf.getvalue())
+    env = {"ESNAC_RAY_ADDRESS": ray_session, "ESNAC_WORKERS": "1",
+           "ESNAC_THREADS_PER_TRIAL": "1", "ESNAC_DATA_DIR": str(tmp_path)}  # fmt: skip
+    with local_server(tmp_path / "server", env=env) as server:
+        auth = ["--url", server.url, "--token", server.token]
+        assert main(["teacher", "register", "--onnx", str(path), "--name", "gray",
+                     "--num-classes", "10", "--dataset", "npz:gray28.npz", "--accuracy", "0.5",
+                     *auth]) == 0  # fmt: skip
+        assert "onnx (gray) on npz:gray28.npz, ready" in capsys.readouterr().out
+        code = main(["submit", "--teacher", "1", "--steps", "2", "--per-step", "1",
+                     "--search-epochs", "1", "--max-train-samples", "64", "--top-k", "1",
+                     "--accuracy-floor", "0", "--full-epochs", "1", "--watch", *auth])  # fmt: skip
+        out, err = capsys.readouterr()
+        assert code == 0 and "job 1 (succeeded)" in out, (out, err)
+        best = tmp_path / "student.onnx"
+        assert main(["export", "--job", "1", "--format", "onnx", "-o", str(best),
+                     "--url", server.url]) == 0  # fmt: skip
+    card = json.loads(Path(f"{best}.card.json").read_text())
+    assert card["input_shape"] == [1, 28, 28] and len(card["normalization"]["mean"]) == 1
+    session = ort.InferenceSession(best.read_bytes(), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": np.random.default_rng(0).random((2, 1, 28, 28),
+                                                                         dtype=np.float32)})[0]
+    assert logits.shape == (2, 10)
