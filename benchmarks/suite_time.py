@@ -1,0 +1,102 @@
+"""Where the test suite spends its time: wall and CPU seconds of every test, as JSON.
+
+Runs `python -m pytest` (any extra arguments are passed on) with a small plugin that records,
+for every test, its wall seconds (setup + call + teardown) and the CPU seconds of this process
+and of the child processes it waited for (servers, teacher checks; Ray's workers are not waited
+for, so a test that trains on Ray shows its wall time but little CPU). Also the whole run's
+user + sys seconds of the process tree that `resource.getrusage` sees, the machine's GEMM speed
+when `--gemm` is given, and the load average.
+
+    python benchmarks/suite_time.py                       # the whole suite
+    python benchmarks/suite_time.py -- -m "not slow"      # the quick tier
+    python benchmarks/suite_time.py --out benchmarks/results/suite_time.json -- tests/service
+
+The JSON lists the tests slowest first; `--top N` prints the N slowest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _cpu() -> tuple[float, float]:
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime, kids.ru_utime + kids.ru_stime
+
+
+class _Timer:
+    """A pytest plugin: per-test wall and CPU seconds, summed over setup, call and teardown."""
+
+    def __init__(self) -> None:
+        self.tests: dict[str, dict[str, Any]] = {}
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: Any) -> Any:
+        t0, (c0, k0) = time.perf_counter(), _cpu()
+        yield
+        c1, k1 = _cpu()
+        self.tests[item.nodeid] = {
+            "wall_s": time.perf_counter() - t0, "cpu_s": c1 - c0, "children_cpu_s": k1 - k0,
+            "slow": item.get_closest_marker("slow") is not None,
+        }  # fmt: skip
+
+    @pytest.hookimpl
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        entry = self.tests.setdefault(report.nodeid, {})
+        if report.when == "call" or report.outcome != "passed":
+            entry["outcome"] = report.outcome
+
+
+def _gemm() -> str | None:
+    script = ROOT.parent.parent / "shared" / "tools" / "gemm_speed.py"
+    if not script.exists():
+        return None
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    return done.stdout.strip() or None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "suite_time.json")
+    parser.add_argument("--top", type=int, default=15, help="print the N slowest tests")
+    parser.add_argument("--gemm", action="store_true", help="record the machine's GEMM speed")
+    parser.add_argument("pytest_args", nargs="*", help="passed to pytest (after --)")
+    args = parser.parse_args(argv)
+    timer = _Timer()
+    load0 = os.getloadavg()
+    t0, (c0, k0) = time.perf_counter(), _cpu()
+    code = pytest.main(["-p", "no:cacheprovider", "-q", *args.pytest_args], plugins=[timer])
+    c1, k1 = _cpu()
+    tests = sorted(timer.tests.items(), key=lambda kv: -kv[1].get("wall_s", 0.0))
+    summary = {
+        "pytest_args": args.pytest_args, "exit_code": int(code), "tests": len(tests),
+        "wall_s": time.perf_counter() - t0, "cpu_s": c1 - c0, "children_cpu_s": k1 - k0,
+        "slow_tests_wall_s": sum(v.get("wall_s", 0.0) for _, v in tests if v.get("slow")),
+        "load_average": [list(load0), list(os.getloadavg())],
+        "gemm": _gemm() if args.gemm else None, "cpus": os.cpu_count(),
+        "per_test": [{"id": k, **v} for k, v in tests],
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"{len(tests)} tests, {summary['wall_s']:.0f} s wall, "
+          f"{summary['cpu_s'] + summary['children_cpu_s']:.0f} s CPU; the slowest:")  # fmt: skip
+    for k, v in tests[: args.top]:
+        print(f"  {v.get('wall_s', 0.0):7.1f} s  {k}")
+    return int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
