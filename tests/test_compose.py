@@ -89,9 +89,7 @@ def test_every_esnac_command_parses_with_the_real_cli(services: dict[str, Any]) 
     commands = {name: s["command"] for name, s in services.items() if "command" in s}
     esnac = {n: c for n, c in commands.items() if c[0] == "esnac"}
     assert set(esnac) == {"migrate", "coordinator"}
-    for name, command in esnac.items():
-        args = parser.parse_args(command[1:])  # SystemExit (a failure) on an unknown command
-        assert callable(args.func), name
+    # SystemExit (a failure) on an unknown command; each service runs the command it is for
     assert parser.parse_args(esnac["migrate"][1:]).func.__name__ == "cmd_db_upgrade"
     serve = parser.parse_args(esnac["coordinator"][1:])
     assert serve.func.__name__ == "cmd_serve"
