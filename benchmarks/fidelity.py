@@ -32,9 +32,13 @@ it stopped; run two one-thread shards at once):
 
     python benchmarks/fidelity.py students                       # the student list (seconds)
     python benchmarks/fidelity.py proxy --shard 0 --shards 2     # ~1 min a student and proxy
-    python benchmarks/fidelity.py truth --shard 0 --shards 2     # ~30-50 min a student (1 thread)
+    python benchmarks/fidelity.py truth --shard 0 --shards 2     # ~30-70 min a student (1 thread)
     python benchmarks/fidelity.py truth --seed 1 --limit 8       # the noise ceiling
     python benchmarks/fidelity.py report                         # results/fidelity.{json,png}
+
+A ground-truth training also checkpoints after every epoch (`data/fidelity/checkpoints/`, deleted
+when its result is written), so a stopped run resumes mid-student; commit that directory when a
+session ends during a training and the next machine carries on from it.
 
 `--device cuda` trains on a GPU with the same float32 recipe.
 """
@@ -253,15 +257,22 @@ def run_truth(study: Study, entry: dict[str, Any], seed: int) -> dict[str, Any]:
     from workers.spec import SearchTraining
     from workers.train import distill, evaluate, seed_everything
 
+    # per-epoch checkpoint: a stopped run (a session's end) resumes the student where it was;
+    # commit the directory when stopping mid-training to carry it to another machine
+    ckpt = DATA / "checkpoints" / f"{entry['id']}_s{seed}.pt"
+    resumed = ckpt.exists()
+
     def measure() -> dict[str, Any]:
         seed_everything(seed)
         student = study.student(entry)
         res = distill(student, study.teacher, study.splits, SearchTraining(**TRUTH), seed=seed,
-                      device=study.device, amp=False)  # fmt: skip
+                      device=study.device, amp=False, checkpoint=ckpt)  # fmt: skip
         acc = evaluate(student, study.report, amp=False)
         return {
             "accuracy": acc, "choose_accuracy": res.best_accuracy, "best_epoch": res.best_epoch,
             "history_choose": res.history, "params": entry["params"],
+            # all epochs' training steps; `seconds` / `cpu_seconds` are this process's only
+            "train_seconds": res.seconds, "resumed": resumed,
             "reward": reward(acc, study.teacher_accuracy, entry["params"],
                              study.space.teacher_params),
         }  # fmt: skip
@@ -309,6 +320,7 @@ def stage_truth(args: argparse.Namespace) -> None:
             continue
         out = run_truth(study, entry, args.seed)
         _write_json(out, path)
+        (DATA / "checkpoints" / f"{entry['id']}_s{args.seed}.pt").unlink(missing_ok=True)
         print(f"truth {entry['id']:14s} seed {args.seed}: {out['accuracy']:.4f} "
               f"({out['seconds']:.0f} s)", flush=True)  # fmt: skip
 

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -294,6 +296,7 @@ def distill(
     amp: bool | None = None,
     channels_last: bool | None = None,
     progress: Progress | None = None,
+    checkpoint: str | Path | None = None,
 ) -> DistillResult:
     """Search-time knowledge distillation: MSE between student and teacher logits, Adam.
 
@@ -309,9 +312,14 @@ def distill(
             training images (see `teacher_logits`); only valid when `training.augment` is off.
         amp / channels_last: default on for CUDA, off on the CPU.
         progress: beaten every batch, told every finished epoch (the attempt's heartbeat).
+        checkpoint: a file written after every epoch (student, optimizer, data-order generator,
+            history) and resumed from when it exists, so a long training that is stopped
+            continues where it was and ends as an uninterrupted one would (on the same device).
+            The caller deletes it once the result is kept.
 
     Raises:
-        BadSpecError: invalid settings, or a logit cache that does not match.
+        BadSpecError: invalid settings, a logit cache that does not match, or a checkpoint
+            made with other settings or another seed.
         TrainingFailedError: the loss became non-finite.
     """
     training.validate()
@@ -332,17 +340,29 @@ def distill(
     _prepare(student, dev, use_cl)
     _prepare(teacher, dev, use_cl)
     teacher.eval()
-    recalibrate_bn(
-        student, train, training.bn_recalibration, batch_size=training.batch_size,
-        amp=use_amp, channels_last=use_cl,
-    )  # fmt: skip
+    ckpt = _DistillCheckpoint(checkpoint, training, seed, len(train)) if checkpoint else None
+    resumed = ckpt.load() if ckpt is not None else None
+    if resumed is None:
+        recalibrate_bn(
+            student, train, training.bn_recalibration, batch_size=training.batch_size,
+            amp=use_amp, channels_last=use_cl,
+        )  # fmt: skip
     opt = torch.optim.Adam(student.parameters(), lr=training.lr, weight_decay=training.weight_decay)
     history: list[float] = []
     best, best_epoch, images, seconds = -1.0, 0, 0, 0.0
     best_state: dict[str, torch.Tensor] = {}
+    start = 0
+    if resumed is not None:
+        student.load_state_dict(resumed["student"])
+        opt.load_state_dict(resumed["optimizer"])
+        gen.set_state(resumed["generator"])
+        best_state = resumed["best_state"]
+        history, start = list(resumed["history"]), len(resumed["history"])
+        best, best_epoch = float(resumed["best"]), int(resumed["best_epoch"])
+        images, seconds = int(resumed["images"]), float(resumed["seconds"])
     if progress is not None:
         progress.start("train", training.epochs)
-    for epoch in range(training.epochs):
+    for epoch in range(start, training.epochs):
         student.train()
         total = torch.zeros((), device=dev)
         t0 = time.perf_counter()
@@ -381,9 +401,42 @@ def distill(
         if acc > best:
             best, best_epoch = acc, epoch
             best_state = {k: v.detach().clone() for k, v in student.state_dict().items()}
+        if ckpt is not None:
+            ckpt.save({
+                "student": student.state_dict(), "optimizer": opt.state_dict(),
+                "generator": gen.get_state(), "best_state": best_state, "history": history,
+                "best": best, "best_epoch": best_epoch, "images": images, "seconds": seconds,
+            })  # fmt: skip
     if best_state:
         student.load_state_dict(best_state)
     return DistillResult(max(best, 0.0), history, best_epoch, images, seconds)
+
+
+class _DistillCheckpoint:
+    """`distill`'s per-epoch state in one file (torch's format, read back with
+    `weights_only=True`: tensors and plain containers only, never arbitrary objects), written
+    atomically, with the settings it was made for."""
+
+    def __init__(self, path: str | Path, training: SearchTraining, seed: int, n: int) -> None:
+        self.path = Path(path)
+        self.made_for = {"training": asdict(training), "seed": seed, "train_images": n}
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.exists():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        if state.get("made_for") != self.made_for:
+            raise BadSpecError(
+                f"{self.path} is a checkpoint of another training ({state.get('made_for')}, "
+                f"not {self.made_for}); delete it to start afresh"
+            )
+        return state  # type: ignore[no-any-return]
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        torch.save({**state, "made_for": self.made_for}, tmp)
+        os.replace(tmp, self.path)
 
 
 # ------------------------------------------------------------------------ supervised training

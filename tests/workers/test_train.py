@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from embedding.reward import model_flops
 from embedding.space import Action, CompressionSpace
 from workers import zoo
 from workers.data import DatasetSplits, load_dataset
+from workers.progress import Progress
 from workers.spec import (
     BadSpecError,
     FullTraining,
@@ -237,3 +239,42 @@ def test_distill_recalibrates_in_both_data_modes(digits: DatasetSplits, augment:
     assert seen[:4] == [0, 1, 2, 3]
     with pytest.raises(BadSpecError, match="bn_recalibration"):
         SearchTraining(bn_recalibration=-1).validate()
+
+
+class _StopAt(Progress):
+    """Interrupts a training when its `epoch`-th epoch ends, before that epoch's checkpoint is
+    written (as a process stopped anywhere in that epoch would leave it)."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__()
+        self.stop = epoch
+
+    def epoch_done(self, epoch: int, val_accuracy: float | None) -> None:
+        if epoch == self.stop:
+            raise KeyboardInterrupt
+        super().epoch_done(epoch, val_accuracy)
+
+
+def test_distill_resumes_from_its_checkpoint_as_if_never_stopped(
+    digits: DatasetSplits, tmp_path: Path
+) -> None:
+    torch.manual_seed(0)
+    teacher = zoo.build("resnet20", 10)
+    training = SearchTraining(epochs=3, batch_size=32, max_train_samples=96, augment=True,
+                              bn_recalibration=32)  # fmt: skip
+    _, whole = half_student(teacher)
+    plain = distill(whole, teacher, digits, training, seed=3, device="cpu")
+    ckpt = tmp_path / "s.ckpt"
+    _, first = half_student(teacher)
+    with pytest.raises(KeyboardInterrupt):  # stopped in the 2nd epoch
+        distill(first, teacher, digits, training, seed=3, device="cpu", checkpoint=ckpt,
+                progress=_StopAt(2))  # fmt: skip
+    assert ckpt.exists() and not ckpt.with_name("s.ckpt.tmp").exists()
+    _, second = half_student(teacher)  # a new process: fresh inherited weights
+    resumed = distill(second, teacher, digits, training, seed=3, device="cpu", checkpoint=ckpt)
+    assert resumed.history == plain.history and resumed.best_epoch == plain.best_epoch
+    assert resumed.images == plain.images == 3 * 96
+    sa, sb = whole.state_dict(), second.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    with pytest.raises(BadSpecError, match="checkpoint of another training"):
+        distill(second, teacher, digits, training, seed=4, device="cpu", checkpoint=ckpt)
