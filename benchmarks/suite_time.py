@@ -48,10 +48,10 @@ class _Timer:
         t0, (c0, k0) = time.perf_counter(), _cpu()
         yield
         c1, k1 = _cpu()
-        self.tests[item.nodeid] = {
+        self.tests.setdefault(item.nodeid, {}).update({  # the outcome is already there
             "wall_s": time.perf_counter() - t0, "cpu_s": c1 - c0, "children_cpu_s": k1 - k0,
             "slow": item.get_closest_marker("slow") is not None,
-        }  # fmt: skip
+        })  # fmt: skip
 
     @pytest.hookimpl
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:

@@ -39,11 +39,13 @@ def postgres_listening(host: str = "127.0.0.1", port: int = 5432) -> bool:
         return False
 
 
+PG_START = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+
+
 @pytest.fixture
 def postgres_up() -> None:
     """Postgres must accept connections on 127.0.0.1:5432 (skipped without, outside CI)."""
-    require("Postgres on 127.0.0.1:5432", postgres_listening(),
-            "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start")  # fmt: skip
+    require("Postgres on 127.0.0.1:5432", postgres_listening(), PG_START)
 
 
 def _pg_admin():  # type: ignore[no-untyped-def]
@@ -67,7 +69,9 @@ def pg_template() -> Iterator[str]:
         with engine.connect() as c:
             c.execute(text("SELECT 1"))
     except OperationalError as e:
-        require("Postgres on 127.0.0.1:5432", False, f"{e}".splitlines()[0])
+        # the same reason as `postgres_up`; the driver's first line says what failed
+        first = f"{e}".splitlines()[0].removeprefix("(psycopg.OperationalError) ")
+        require("Postgres on 127.0.0.1:5432", False, f"{PG_START}; {first}")
     from service.db.migrate import upgrade
 
     name = f"esnac_test_{uuid.uuid4().hex[:12]}"
