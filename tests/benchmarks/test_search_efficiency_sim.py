@@ -25,6 +25,8 @@ from workers import zoo
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow  # replays of a benchmark (up to a minute each), not unit tests
+
 
 @pytest.fixture(scope="module")
 def bench():  # type: ignore[no-untyped-def]
