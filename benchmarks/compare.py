@@ -13,6 +13,22 @@ and are evaluated on the 5k validation split:
     compact        a narrow MobileNetV2 from the zoo (width chosen to match), fresh weights
     scratch        ESNAC's architecture with fresh weights (the "rethinking pruning" control)
 
+**At a budget** (`--setup cifar10_2.5x | cifar10_5x | cifar10_10x`; issue 32): the target is N
+times fewer parameters than the teacher, ESNAC searches with `reward: params_target` (its first
+step holds the uniform shrink and global magnitude pruning to the budget, tagged seeds), every
+student is within the budget, and the methods are
+
+    esnac                 the budgeted search's best student (is it a seed? the report says)
+    uniform_first         the largest uniform shrink within the budget, first-k channels (what
+                          slicing a `width_mult` gives)
+    torch_pruning         Torch-Pruning per layer (L2 magnitude), stopped within the budget
+    torch_pruning_global  Torch-Pruning with one global ranking (mean-normalised per group)
+    compact, compact_shufflenet, scratch   (at 5x only) as above, within the budget
+
+with 3 training seeds at 5x and 2 at 2.5x and 10x; results in `results/compare_<setup>.json`,
+students in `data/students/<setup>/`. The first comparison (`--setup cifar10`, the committed
+`results/compare.json`) was made with first-k inheritance, and keeps it.
+
 Stages, one command each; every stage is cached under `benchmarks/cache/compare/<setup>/` and
 resumes where it stopped (a search's job lives in its server's database; each finished training
 is a file):
@@ -51,6 +67,9 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 METHODS = ("esnac", "random", "uniform", "torch_pruning", "compact", "scratch")
+BUDGET_METHODS = ("esnac", "uniform_first", "torch_pruning", "torch_pruning_global", "compact",
+                  "compact_shufflenet", "scratch")  # fmt: skip
+ALL_METHODS = tuple(dict.fromkeys(METHODS + BUDGET_METHODS))
 # the 50k CIFAR-10 images (ESNAC_CIFAR_NPZ: elsewhere, e.g. on a lent GPU machine)
 CIFAR_NPZ = Path(os.environ.get("ESNAC_CIFAR_NPZ")
                  or ROOT.parent.parent / "shared" / "data" / "cifar10" / "train.npz")  # fmt: skip
@@ -72,8 +91,11 @@ class Setup:
     seeds: tuple[int, ...]
     workers: int
     compact_arch: str = "mobilenetv2"
-    outputs: bool = False  # write results/, data/students/ (the full setup only)
+    outputs: bool = False  # write results/, data/students/ (the full setups only)
     cache: Path = field(default=ROOT / "cache" / "compare")
+    budget: float | None = None  # N: every student within 1/N of the teacher's parameters
+    methods: tuple[str, ...] = METHODS
+    inheritance: str = "importance"  # the students' channel rule (the space's default)
 
     @property
     def dir(self) -> Path:
@@ -81,15 +103,26 @@ class Setup:
         return self.cache / self.name
 
     @property
+    def _tag(self) -> str:
+        """How a full setup's committed files are named: the first comparison's bare, others'
+        by the setup."""
+        return "" if self.budget is None else f"_{self.name}"
+
+    @property
     def final_dir(self) -> Path:
-        """Finished trainings (json + onnx + safetensors); the full setup's are committed."""
-        return ROOT / "data" / "students" if self.outputs else self.dir / "final"
+        """Finished trainings (json + onnx + safetensors); the full setups' are committed."""
+        if not self.outputs:
+            return self.dir / "final"
+        return ROOT / "data" / "students" / ("" if self.budget is None else self.name)
 
     def search_file(self, strategy: str) -> Path:
-        """A search's state and, once done, its best student; the full setup's is committed."""
+        """A search's state and, once done, its best student; the full setups' are committed."""
         if self.outputs:
-            return ROOT / "results" / f"compare_search_{strategy}.json"
+            return ROOT / "results" / f"compare{self._tag}_search_{strategy}.json"
         return self.dir / f"search_{strategy}.json"
+
+    def results_file(self, suffix: str) -> Path:
+        return ROOT / "results" / f"compare{self._tag}.{suffix}"
 
 
 def setups() -> dict[str, Setup]:
@@ -106,7 +139,16 @@ def setups() -> dict[str, Setup]:
         seeds=(0, 1),
         workers=2,
         outputs=True,
+        inheritance="first",  # as its committed students were made (before issue 31)
     )
+    budgeted = {
+        f"cifar10_{n:g}x": replace(
+            full, name=f"cifar10_{n:g}x", budget=n, inheritance="importance",
+            seeds=(0, 1, 2) if n == 5 else (0, 1),
+            methods=BUDGET_METHODS if n == 5 else BUDGET_METHODS[:4],
+        )  # fmt: skip
+        for n in (2.5, 5.0, 10.0)
+    }
     quick = Setup(
         name="quick",
         dataset="digits",
@@ -119,7 +161,8 @@ def setups() -> dict[str, Setup]:
         seeds=(0,),
         workers=1,
     )
-    return {"cifar10": full, "quick": quick}
+    quick_budget = replace(quick, name="quick_budget", budget=4.0, methods=BUDGET_METHODS)
+    return {"cifar10": full, **budgeted, "quick": quick, "quick_budget": quick_budget}
 
 
 def _write_json(data: Any, path: Path) -> None:
@@ -209,7 +252,10 @@ def search(setup: Setup, strategies: list[str]) -> dict[str, dict[str, Any]]:
                 "teacher_id": t["id"], "strategy": strategy, "dataset": setup.dataset,
                 "steps": setup.evaluations // setup.per_step, "per_step": setup.per_step,
                 "search": setup.search, "top_k": 0, "seed": 0,
+                "searcher": {"inheritance": setup.inheritance},
                 **({"accuracy_floor": 0.0} if toy else {}),
+                **({"reward": "params_target", "target": {"times_smaller": setup.budget}}
+                   if setup.budget is not None else {}),
             })  # fmt: skip
             state.update({"job": job["id"], "teacher": t["id"], "started": time.time()})
             _write_json(state, setup.search_file(strategy))
@@ -227,11 +273,18 @@ def search(setup: Setup, strategies: list[str]) -> dict[str, dict[str, Any]]:
             trials = client.trials(state["job"])
             done = [t for t in trials if t["status"] == "succeeded" and t.get("reward") is not None]
             best = max(done, key=lambda t: (t["reward"], -t["number"]))
+            seeds = [t for t in done if t.get("tag")]
+            others = [t for t in done if not t.get("tag")]
+            keys = ("id", "number", "action", "params", "flops", "accuracy", "reward", "tag")
             state.update({
-                "best": {k: best[k] for k in ("id", "number", "action", "params", "flops",
-                                              "accuracy", "reward")},
+                "best": {k: best.get(k) for k in keys},
+                # a budgeted search's seeds (the alternatives, in the first step) and its best
+                # student that is not one
+                "seeds": [{k: t.get(k) for k in keys} for t in seeds],
+                "best_non_seed": ({k: o.get(k) for k in keys} if (o := max(
+                    others, key=lambda t: (t["reward"], -t["number"]), default=None)) else None),
                 "evaluations": len(done),
-                "trials": [{k: t.get(k) for k in ("number", "params", "accuracy", "reward")}
+                "trials": [{k: t.get(k) for k in ("number", "params", "accuracy", "reward", "tag")}
                            for t in done],
                 "teacher_accuracy": accuracy,
                 "seconds_this_run": time.time() - t0,
@@ -242,11 +295,26 @@ def search(setup: Setup, strategies: list[str]) -> dict[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------- students
-def _target(setup: Setup) -> dict[str, Any]:
-    found = _read_json(setup.search_file("esnac"))
+def _best(setup: Setup, strategy: str = "esnac") -> dict[str, Any]:
+    found = _read_json(setup.search_file(strategy))
     if not found or "best" not in found:
-        raise SystemExit("run the ESNAC search first: compare.py search --strategy esnac")
+        raise SystemExit(f"run the search first: compare.py search --strategy {strategy}")
     return found["best"]  # type: ignore[no-any-return]
+
+
+def target_params(setup: Setup) -> float:
+    """The size every student is matched to: the budget (the teacher's parameters / N, as the
+    service resolves `times_smaller`), else the parameters of ESNAC's best student."""
+    if setup.budget is not None:
+        return _params(teacher_net(setup)) / setup.budget
+    return float(_best(setup)["params"])
+
+
+def _space(setup: Setup, inheritance: str | None = None) -> Any:
+    from embedding import CompressionSpace
+
+    return CompressionSpace.for_teacher(teacher_net(setup),
+                                        inheritance=inheritance or setup.inheritance)  # fmt: skip
 
 
 def _uniform(space: Any, target: int, inherit: bool) -> torch.nn.Module:
@@ -269,9 +337,11 @@ def _uniform(space: Any, target: int, inherit: bool) -> torch.nn.Module:
     return space.materialize(action(best), inherit=inherit)
 
 
-def _torch_pruned(setup: Setup, target: int) -> torch.nn.Module:
+def _torch_pruned(setup: Setup, target: float, global_pruning: bool = False) -> torch.nn.Module:
     """The teacher pruned by L2 magnitude (Torch-Pruning), one small step at a time, stopping at
-    the first step within the tolerance of `target` parameters."""
+    the first step within the tolerance of `target` parameters (within `target` itself for a
+    budget). `global_pruning`: one ranking across the network (each group's scores divided by
+    their mean, Torch-Pruning's default normaliser), instead of the same ratio in every layer."""
     import torch_pruning as tp
 
     model = teacher_net(setup)
@@ -279,11 +349,15 @@ def _torch_pruned(setup: Setup, target: int) -> torch.nn.Module:
     pruner = tp.pruner.BasePruner(
         model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
         pruning_ratio=0.95, iterative_steps=190, ignored_layers=[model.fc],
+        global_pruning=global_pruning,
     )  # fmt: skip
+    limit = target if setup.budget is not None else target * (1 + TOLERANCE)
     for _ in range(190):
-        if _params(model) <= target * (1 + TOLERANCE):
+        if _params(model) <= limit:
             break
         pruner.step()
+    if _params(model) > limit:
+        raise SystemExit(f"Torch-Pruning could not reach {limit:,.0f} params")
     return model
 
 
@@ -291,27 +365,47 @@ def _params(model: torch.nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-def build_student(setup: Setup, method: str) -> torch.nn.Module:
-    from embedding import Action, CompressionSpace
+def _compact(setup: Setup, arch: str, target: float) -> torch.nn.Module:
+    """A zoo network with fresh weights, narrowed uniformly to the target (within a budget)."""
+    from embedding import CompressionSpace
+    from embedding.budget import uniform_action
     from workers import zoo
 
-    target = _target(setup)
-    space = CompressionSpace.for_teacher(teacher_net(setup))
-    if method in ("esnac", "scratch"):
-        return space.materialize(Action.from_json(target["action"]), inherit=method == "esnac")
-    if method == "random":
-        found = _read_json(setup.search_file("random"))
-        if not found or "best" not in found:
-            raise SystemExit("run the random search first: compare.py search --strategy random")
-        return space.materialize(Action.from_json(found["best"]["action"]))
+    space = CompressionSpace.for_teacher(zoo.build(arch, 10).eval())
+    action = uniform_action(space, target) if setup.budget is not None else None
+    if action is None:  # no budget, or none fits it (the zoo's ShuffleNetV2 keeps ~80k params
+        # in layers no width setting reaches): the nearest width, over the budget -- the report
+        # marks it as not size-matched
+        return _uniform(space, int(target), inherit=False)
+    return space.materialize(action, inherit=False)
+
+
+def build_student(setup: Setup, method: str) -> torch.nn.Module:
+    from embedding import Action
+    from embedding.budget import uniform_action
+
+    if method not in setup.methods:
+        raise SystemExit(f"setup {setup.name} compares {', '.join(setup.methods)}, not {method!r}")
+    target = target_params(setup)
+    space = _space(setup)
+    if method in ("esnac", "scratch", "random"):
+        best = _best(setup, "random" if method == "random" else "esnac")
+        return space.materialize(Action.from_json(best["action"]), inherit=method != "scratch")
     if method == "uniform":
-        return _uniform(space, int(target["params"]), inherit=True)
-    if method == "torch_pruning":
-        return _torch_pruned(setup, int(target["params"]))
+        return _uniform(space, int(target), inherit=True)
+    if method == "uniform_first":
+        first = _space(setup, "first")
+        action = uniform_action(first, target)
+        if action is None:
+            raise SystemExit(f"no uniform shrink fits {target:,.0f} params")
+        return first.materialize(action)
+    if method in ("torch_pruning", "torch_pruning_global"):
+        return _torch_pruned(setup, target, global_pruning=method == "torch_pruning_global")
     if method == "compact":
-        compact = CompressionSpace.for_teacher(zoo.build(setup.compact_arch, 10).eval())
-        return _uniform(compact, int(target["params"]), inherit=False)
-    raise SystemExit(f"unknown method {method!r}; one of {', '.join(METHODS)}")
+        return _compact(setup, setup.compact_arch, target)
+    if method == "compact_shufflenet":
+        return _compact(setup, "shufflenetv2", target)
+    raise SystemExit(f"unknown method {method!r}; one of {', '.join(ALL_METHODS)}")
 
 
 # ------------------------------------------------------------------------------------- train
@@ -357,6 +451,10 @@ def train(setup: Setup, method: str, seed: int, device: str = "cpu") -> dict[str
         "latency_p90_ms": latency.p90_ms, "seconds": time.perf_counter() - t0,
         "load_average": [load0, _load()], "normalization": {"mean": mean, "std": std},
         "input_shape": list(splits.input_shape), "training": settings, "device": device,
+        "inheritance": setup.inheritance,
+        "budget": None if setup.budget is None else {
+            "times_smaller": setup.budget, "params": target_params(setup),
+            "within": params <= target_params(setup)},
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".onnx").write_bytes(onnx)
@@ -373,7 +471,7 @@ def report(setup: Setup) -> dict[str, Any]:
     runs = [_read_json(p) for p in sorted(setup.final_dir.glob("*_s*.json"))]
     latency = _latencies(setup, runs)
     methods: dict[str, Any] = {}
-    for m in METHODS:
+    for m in setup.methods:
         mine = [r for r in runs if r["method"] == m]
         if not mine:
             continue
@@ -397,11 +495,13 @@ def report(setup: Setup) -> dict[str, Any]:
             "latency_ms_at_training": statistics.median(r["latency_ms"] for r in mine),
             "train_seconds": statistics.fmean(r["seconds"] for r in mine),
         }
-    searches = {s: _read_json(setup.search_file(s)) for s in ("esnac", "random")}
-    if searches["esnac"]:
-        target = searches["esnac"]["best"]["params"]
-        for r in methods.values():  # within the tolerance of ESNAC's best student's size
-            r["size_matched"] = abs(r["params"] - target) <= TOLERANCE * target
+    strategies = ("esnac", "random") if "random" in setup.methods else ("esnac",)
+    searches = {s: _read_json(setup.search_file(s)) for s in strategies}
+    target = target_params(setup) if searches["esnac"] or setup.budget is not None else None
+    for r in methods.values():  # within the budget, or the tolerance of ESNAC's best's size
+        if target is not None:
+            r["size_matched"] = (r["params"] <= target if setup.budget is not None
+                                 else abs(r["params"] - target) <= TOLERANCE * target)  # fmt: skip
     if "esnac" in methods:  # does ESNAC's mean beat each alternative's by more than the spread?
         ours = methods["esnac"]
         for m, r in methods.items():
@@ -414,21 +514,29 @@ def report(setup: Setup) -> dict[str, Any]:
             r["esnac_verdict"] = verdict or "within spread"
     summary = {
         "setup": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(setup).items()},
-        "target_params": (_target(setup)["params"] if searches["esnac"] else None),
+        "target_params": target,
+        "budget": None if setup.budget is None else {
+            "times_smaller": setup.budget, "params": target,
+            # is ESNAC's returned student one of the alternatives it was seeded with?
+            "esnac_returned_a_seed": bool(((searches["esnac"] or {}).get("best") or {}).get("tag")),
+            "esnac_best_tag": ((searches["esnac"] or {}).get("best") or {}).get("tag"),
+            "best_non_seed": (searches["esnac"] or {}).get("best_non_seed"),
+            "seeds": (searches["esnac"] or {}).get("seeds"),
+        },  # fmt: skip
         "searches": {s: {k: v for k, v in (d or {}).items() if k != "trials"}
                      for s, d in searches.items()},  # fmt: skip
         "methods": methods,
         "teacher_latency_ms": latency.get("teacher"),
-        "missing": [f"{m}_s{s}" for m in METHODS for s in setup.seeds
+        "missing": [f"{m}_s{s}" for m in setup.methods for s in setup.seeds
                     if not (setup.final_dir / f"{m}_s{s}.json").exists()],  # fmt: skip
         "load_average_now": _load(),
         "torch_threads": torch.get_num_threads(),
     }
     _write_json(summary, setup.dir / "compare.json")
     if setup.outputs:
-        _write_json(summary, ROOT / "results" / "compare.json")
+        _write_json(summary, setup.results_file("json"))
         _students(setup, runs)
-        _plot(summary, ROOT / "results" / "compare.png")
+        _plot(summary, setup.results_file("png"))
     for m, r in methods.items():
         spread = "" if r["accuracy_spread"] is None else f" +- {100 * r['accuracy_spread'] / 2:.2f}"
         print(f"{m:14s} {r['params']:>9,} params  {100 * r['accuracy_mean']:.2f}%{spread}  "
@@ -485,6 +593,7 @@ def _students(setup: Setup, runs: list[dict[str, Any]]) -> None:
             "validation_accuracy": r["accuracy"], "normalization": r["normalization"],
             "normalization_folded_into_onnx": True, "input_shape": r["input_shape"],
             "input_range": [0.0, 1.0], "trained_on": r.get("device", "cpu"),
+            "budget": r.get("budget"),
         })  # fmt: skip
     _write_json({"dataset": setup.dataset, "students": manifest},
                 setup.final_dir / "manifest.json")  # fmt: skip
@@ -499,9 +608,13 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for m, r in summary["methods"].items():
         ax.scatter([r["params"]] * len(r["accuracy"]), [100 * a for a in r["accuracy"]], label=m)
+    if summary.get("budget"):
+        ax.axvline(summary["budget"]["params"], color="grey", lw=0.8, ls="--")
     ax.set_xlabel("parameters")
     ax.set_ylabel("validation accuracy (%)")
-    ax.set_title("students at equal size, same KD training")
+    budget = summary.get("budget")
+    ax.set_title(f"students within {budget['times_smaller']:g}x fewer params, same KD training"
+                 if budget else "students at equal size, same KD training")  # fmt: skip
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -519,7 +632,7 @@ def main(argv: list[str] | None = None) -> None:
     p = sub.add_parser("search", help="run or resume searches through the service")
     p.add_argument("--strategy", choices=("esnac", "random"), action="append", required=True)
     p = sub.add_parser("train", help="the final training of the students (cached)")
-    p.add_argument("--method", choices=METHODS, action="append")
+    p.add_argument("--method", choices=ALL_METHODS, action="append")
     p.add_argument("--seed", type=int, action="append")
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda; float32 either way")
     sub.add_parser("report", help="aggregate the finished trainings")
@@ -530,13 +643,14 @@ def main(argv: list[str] | None = None) -> None:
         setup = replace(setup, cache=args.cache)
     torch.set_num_threads(args.threads)
     if args.stage in ("search", "all"):
-        strategies = args.strategy if args.stage == "search" else ["esnac", "random"]
+        strategies = (args.strategy if args.stage == "search"
+                      else [m for m in ("esnac", "random") if m in setup.methods])  # fmt: skip
         for strategy, state in search(setup, strategies).items():
             best = state["best"]
             print(f"{strategy}: best trial {best['number']}, {best['params']:,} params, "
                   f"accuracy {best['accuracy']:.4f}, reward {best['reward']:.4f}")  # fmt: skip
     if args.stage in ("train", "all"):
-        methods = getattr(args, "method", None) or list(METHODS)
+        methods = getattr(args, "method", None) or list(setup.methods)
         seeds = getattr(args, "seed", None) or list(setup.seeds)
         for seed in seeds:
             for method in methods:

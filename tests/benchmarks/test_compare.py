@@ -57,3 +57,43 @@ def test_compare_runs_every_stage_on_digits(
 
     assert trained(again["methods"]) == trained(methods)  # latencies are timed afresh
     assert summary["teacher_latency_ms"] > 0
+
+
+@pytest.mark.slow
+def test_compare_at_a_budget_on_digits(
+    tmp_path: Path, ray_session: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 32's side-by-side at a budget: a budgeted ESNAC search (seeded with the
+    alternatives), every baseline built within the budget, the report says whether ESNAC
+    returned a seed and gives the best student that is not one."""
+    monkeypatch.setenv("ESNAC_RAY_ADDRESS", ray_session)
+    compare = _compare()
+    compare.main(["--setup", "quick_budget", "--threads", "1", "--cache", str(tmp_path), "all"])
+    summary = json.loads((tmp_path / "quick_budget" / "compare.json").read_text())
+    assert summary["missing"] == []
+    methods = summary["methods"]
+    assert tuple(methods) == compare.BUDGET_METHODS
+    budget = summary["budget"]
+    assert budget["times_smaller"] == 4.0
+    card = json.loads((tmp_path / "quick_budget" / "final" / "torch_pruning_s0.json").read_text())
+    assert budget["params"] == pytest.approx(card["teacher_params"] / 4)
+    assert card["budget"]["within"] and card["inheritance"] == "importance"
+    for m, r in methods.items():
+        # the zoo's ShuffleNetV2 cannot be narrowed to 1/4 of a resnet20: over, and said so
+        assert r["size_matched"] == (m != "compact_shufflenet"), (m, r["params"])
+        assert r["size_matched"] == (r["params"] <= budget["params"])
+    assert methods["esnac"]["params"] == methods["scratch"]["params"]
+    # the search's first step held the seeds; whether the returned student is one is stated
+    seeds = budget["seeds"]
+    assert seeds and all(s["tag"].startswith("seed:") for s in seeds)
+    best = summary["searches"]["esnac"]["best"]
+    assert budget["esnac_returned_a_seed"] == (best["tag"] is not None)
+    assert budget["best_non_seed"] is None or budget["best_non_seed"]["tag"] is None
+    # the first-k uniform baseline is the largest uniform shrink within the budget
+    from embedding import CompressionSpace
+    from embedding.budget import uniform_action
+
+    setup = compare.replace(compare.setups()["quick_budget"], cache=tmp_path)
+    first = CompressionSpace.for_teacher(compare.teacher_net(setup), inheritance="first")
+    want = first.num_params(uniform_action(first, budget["params"]))
+    assert methods["uniform_first"]["params"] == want
