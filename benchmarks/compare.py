@@ -434,8 +434,11 @@ def train(setup: Setup, method: str, seed: int, device: str = "cpu") -> dict[str
     settings.setdefault("max_train_samples", None)
     t0 = time.perf_counter()
     load0 = _load()
+    # per-epoch checkpoint beside the results: a stopped training resumes where it was (commit
+    # it when a session ends mid-training, to carry on on another machine); gone when done
+    ckpt = setup.final_dir / "checkpoints" / f"{method}_s{seed}.pt"
     res = distill(student, t_net, splits, SearchTraining(**settings), seed=seed, device=device,
-                  amp=False)  # fmt: skip
+                  amp=False, checkpoint=ckpt)  # fmt: skip
     student.cpu()
     student.eval()
     params, t_params = _params(student), _params(t_net)
@@ -449,6 +452,7 @@ def train(setup: Setup, method: str, seed: int, device: str = "cpu") -> dict[str
         "reward": reward(res.best_accuracy, t_acc, params, t_params),
         "latency_ms": latency.median_ms, "latency_p10_ms": latency.p10_ms,
         "latency_p90_ms": latency.p90_ms, "seconds": time.perf_counter() - t0,
+        "train_seconds": res.seconds,  # every epoch's steps, also those before a resume
         "load_average": [load0, _load()], "normalization": {"mean": mean, "std": std},
         "input_shape": list(splits.input_shape), "training": settings, "device": device,
         "inheritance": setup.inheritance,
@@ -460,6 +464,7 @@ def train(setup: Setup, method: str, seed: int, device: str = "cpu") -> dict[str
     out.with_suffix(".onnx").write_bytes(onnx)
     out.with_suffix(".safetensors").write_bytes(state_to_safetensors(student))
     _write_json(result, out.with_suffix(".json"))  # last: its presence means "done"
+    ckpt.unlink(missing_ok=True)
     print(f"{method} seed {seed}: accuracy {res.best_accuracy:.4f}, {params:,} params, "
           f"{result['seconds']:.0f} s", flush=True)  # fmt: skip
     return result
