@@ -1,6 +1,6 @@
 """`benchmarks/compare.py`'s plumbing on `digits` with tiny budgets: both searches through the
 service, all six students built at the matched size and trained, the report. (The real runs are
-benchmarks: see the README, "Results: against the alternatives".)"""
+benchmarks: see docs/RESULTS.md, "Results: against the alternatives".)"""
 
 from __future__ import annotations
 

@@ -3,8 +3,8 @@
 The real study replays searches on a tabulated CIFAR-10 pool (hours of CPU, run by hand); here the
 same code runs on 24 resnet20 actions whose "accuracy" is a made-up smooth function, to check the
 replay itself: every proposal is an unevaluated pool member, nothing is evaluated twice, the
-curves are best-so-far curves and the JSON / PNG outputs are written with the fields the README's
-Results section quotes.
+curves are best-so-far curves and the JSON / PNG outputs are written with the fields docs/RESULTS.md
+quotes.
 """
 
 from __future__ import annotations

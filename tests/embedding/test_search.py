@@ -124,7 +124,7 @@ def test_esnac_defaults_are_the_papers_but_for_the_untrained_lstm(
 ) -> None:
     s = EsnacSearcher(space)
     assert (s.kernels, s.subset, s.candidates) == (8, 0.5, 1000)
-    # the embedding study's choice (README "Results"): the LSTM keeps its initialisation
+    # the embedding study's choice (docs/RESULTS.md): the LSTM keeps its initialisation
     assert not s.train_encoder
     assert s.fit_settings == FitSettings()
     assert (s.fit_settings.alpha, s.fit_settings.noise, s.fit_settings.max_steps) == (
