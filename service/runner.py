@@ -28,7 +28,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import ray
@@ -37,6 +37,7 @@ from embedding.budget import budget_seeds
 from embedding.options import EsnacOptions
 from embedding.search import Searcher
 from embedding.space import Action
+from service.artifacts import ArtifactStore
 from service.db import (
     Job,
     JobState,
@@ -48,8 +49,9 @@ from service.db import (
     UpdateFinishedJobError,
     UpdateFinishedTrialError,
 )
-from service.db.storage import utcnow
-from service.pool import Slot, WorkersDiedError, error_of
+from service.db.storage import Storage, utcnow
+from service.fitter import Fitter
+from service.pool import Slot, WorkerPool, WorkersDiedError, error_of
 from service.searchers import (
     build_space,
     canonical_order,
@@ -57,17 +59,34 @@ from service.searchers import (
     make_searcher,
     space_removal,
 )
+from service.settings import Settings
 from service.targets import floor_accuracy, rank_students
 from workers import shipping
 from workers.spec import FullTraining, SearchTraining, TrialSpec
 
-if TYPE_CHECKING:
-    from service.scheduler import Scheduler
-
-__all__ = ["JobRunner", "in_daemon_thread", "trial_seed"]
+__all__ = ["JobRunner", "JobServices", "in_daemon_thread", "trial_seed"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class JobServices(Protocol):
+    """What a job's run uses of the service around it -- the scheduler provides it, and the
+    runner never imports the scheduler (no import cycle, type-checking imports included)."""
+
+    settings: Settings
+    storage: Storage
+    artifacts: ArtifactStore
+    pool: WorkerPool
+    fitter: Fitter
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A storage call in a thread, transient database errors retried until it is back."""
+        ...
+
+    async def best_effort(self, fn: Callable[..., Any], *args: Any) -> None:
+        """A storage call whose loss does not matter (failures only logged)."""
+        ...
 
 
 def trial_seed(job_seed: int, number: int) -> int:
@@ -109,8 +128,8 @@ async def in_daemon_thread(fn: Callable[..., T], *args: Any) -> T:
 class JobRunner:
     """Drives one job from its current state to a finished one."""
 
-    def __init__(self, scheduler: Scheduler, job_id: int) -> None:
-        self.s = scheduler
+    def __init__(self, services: JobServices, job_id: int) -> None:
+        self.s = services
         self.job_id = job_id
         self.job_key = f"job-{job_id}"
         self._lock = asyncio.Lock()  # the searcher is used by one thread at a time

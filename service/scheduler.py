@@ -78,6 +78,14 @@ class Scheduler:
         """Look for new work now (called after a job is submitted)."""
         self._wake.set()
 
+    def waiting(self) -> str | None:
+        """Why no trial can start now (the pool has no workers), or None."""
+        return self.pool.waiting()
+
+    def usage(self) -> dict[str, Any]:
+        """The worker slots, for `/readyz`."""
+        return self.pool.usage()
+
     async def run(self) -> None:
         """The main loop: start a runner for every active job and training teacher (and, with
         `ESNAC_WORKERS=auto`, follow the cluster's size every few seconds)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -13,13 +13,11 @@ from service.artifacts import ArtifactStore
 from service.db import Repository, Storage
 from service.settings import Settings
 
-if TYPE_CHECKING:  # the scheduler (Ray, torch) is loaded by the app's lifespan, not by the API
-    from service.scheduler import Scheduler
-
 __all__ = [
     "ArtifactsDep",
     "AuthDep",
     "SchedulerDep",
+    "SchedulerStatus",
     "SessionDep",
     "SettingsDep",
     "StorageDep",
@@ -39,7 +37,24 @@ def get_artifacts(request: Request) -> ArtifactStore:
     return request.app.state.artifacts  # type: ignore[no-any-return]
 
 
-def get_scheduler(request: Request) -> Scheduler | None:
+class SchedulerStatus(Protocol):
+    """All the API asks of the scheduler (which the app's lifespan loads, with Ray and torch;
+    the API never imports it, not even for type checking)."""
+
+    def notify(self) -> None:
+        """Look for new work now (a job or a teacher training was submitted)."""
+
+    async def cancel(self, job_id: int) -> None:
+        """Stop driving a job already marked cancelled."""
+
+    def waiting(self) -> str | None:
+        """Why no trial can start now (no workers in the cluster), or None."""
+
+    def usage(self) -> dict[str, Any]:
+        """The worker slots for `/readyz`: mode, workers, busy, waiting."""
+
+
+def get_scheduler(request: Request) -> SchedulerStatus | None:
     return getattr(request.app.state, "scheduler", None)
 
 
@@ -78,7 +93,7 @@ def require_token(
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StorageDep = Annotated[Storage, Depends(get_storage)]
 ArtifactsDep = Annotated[ArtifactStore, Depends(get_artifacts)]
-SchedulerDep = Annotated["Scheduler | None", Depends(get_scheduler)]
+SchedulerDep = Annotated["SchedulerStatus | None", Depends(get_scheduler)]
 SessionDep = Annotated[Repository, Depends(get_session)]
 AuthDep = Annotated[None, Depends(require_token)]
 

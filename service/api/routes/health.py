@@ -47,7 +47,7 @@ async def readyz(request: Request, storage: StorageDep, artifacts: ArtifactsDep)
             alive = sum(1 for n in nodes if n.get("Alive"))
             body["ray"] = "ok"
             body["nodes"] = str(alive)
-            usage = request.app.state.scheduler.pool.usage()
+            usage = request.app.state.scheduler.usage()
             body["workers"] = f"{usage['workers']} ({usage['mode']}), {usage['busy']} busy"
             if usage.get("waiting"):
                 body["waiting"] = usage["waiting"]

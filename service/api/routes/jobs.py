@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
@@ -14,6 +14,7 @@ from service.api.deps import (
     ArtifactsDep,
     AuthDep,
     SchedulerDep,
+    SchedulerStatus,
     SessionDep,
     SettingsDep,
     StorageDep,
@@ -45,9 +46,6 @@ from service.db.storage import (
     encode_job_cursor,
 )
 from service.targets import TargetError, resolve_target
-
-if TYPE_CHECKING:
-    from service.scheduler import Scheduler
 
 __all__ = ["router"]
 
@@ -187,8 +185,8 @@ def _check_learned(repo: Repository, src: Job) -> None:
     )
 
 
-def _waiting(scheduler: Scheduler | None) -> str | None:
-    return scheduler.pool.waiting() if scheduler is not None else None
+def _waiting(scheduler: SchedulerStatus | None) -> str | None:
+    return scheduler.waiting() if scheduler is not None else None
 
 
 @router.get("", response_model=JobPage)
