@@ -26,7 +26,9 @@ student is within the budget, and the methods are
     compact, compact_shufflenet, scratch   (at 5x only) as above, within the budget
 
 with 3 training seeds at 5x and 2 at 2.5x and 10x; results in `results/compare_<setup>.json`,
-students in `data/students/<setup>/`. The first comparison (`--setup cifar10`, the committed
+students in `data/students/<setup>/`. `cifar10_5x_mixed` and `cifar10_5x_unit` run the 5x
+search with the mixed sampler or removal by unit (the cheap choice of those defaults: compare
+the searches' best scores). The first comparison (`--setup cifar10`, the committed
 `results/compare.json`) was made with first-k inheritance, and keeps it.
 
 Stages, one command each; every stage is cached under `benchmarks/cache/compare/<setup>/` and
@@ -96,6 +98,7 @@ class Setup:
     budget: float | None = None  # N: every student within 1/N of the teacher's parameters
     methods: tuple[str, ...] = METHODS
     inheritance: str = "importance"  # the students' channel rule (the space's default)
+    searcher: dict[str, Any] = field(default_factory=dict)  # ESNAC options beyond the defaults
 
     @property
     def dir(self) -> Path:
@@ -161,8 +164,15 @@ def setups() -> dict[str, Setup]:
         seeds=(0,),
         workers=1,
     )
+    # issue 32's cheap choice of defaults: the 5x search with one option changed (its search
+    # stage only; the baselines are the 5x setup's)
+    variants = {
+        f"cifar10_5x_{k}": replace(budgeted["cifar10_5x"], name=f"cifar10_5x_{k}", searcher=v)
+        for k, v in (("mixed", {"sampler": "mixed"}), ("unit", {"removal": "unit"}))
+    }
     quick_budget = replace(quick, name="quick_budget", budget=4.0, methods=BUDGET_METHODS)
-    return {"cifar10": full, **budgeted, "quick": quick, "quick_budget": quick_budget}
+    return {"cifar10": full, **budgeted, **variants, "quick": quick,
+            "quick_budget": quick_budget}  # fmt: skip
 
 
 def _write_json(data: Any, path: Path) -> None:
@@ -252,7 +262,7 @@ def search(setup: Setup, strategies: list[str]) -> dict[str, dict[str, Any]]:
                 "teacher_id": t["id"], "strategy": strategy, "dataset": setup.dataset,
                 "steps": setup.evaluations // setup.per_step, "per_step": setup.per_step,
                 "search": setup.search, "top_k": 0, "seed": 0,
-                "searcher": {"inheritance": setup.inheritance},
+                "searcher": {"inheritance": setup.inheritance, **setup.searcher},
                 **({"accuracy_floor": 0.0} if toy else {}),
                 **({"reward": "params_target", "target": {"times_smaller": setup.budget}}
                    if setup.budget is not None else {}),
