@@ -1,6 +1,6 @@
 """The searcher's user-facing options and their defaults (the paper's, docs/ALGORITHM.md, except
-that the LSTM is not trained by default: the embedding study's evidence, README "Results: does
-the learned embedding find better students sooner?"; `PRESETS["paper"]` keeps the paper's).
+that the LSTM is not trained by default: the embedding study's evidence, docs/RESULTS.md "Results:
+does the learned embedding find better students sooner?"; `PRESETS["paper"]` keeps the paper's).
 
 Plain data with no torch import, so the REST layer can take its defaults and rules from here
 without loading the model code.
@@ -62,8 +62,8 @@ class EsnacOptions:
             it fixed -- at its random initialisation, pretrained (`pretrain`) or transferred
             (`embedding_from`) -- and condition the GP on the results in its embedding. In
             replays of 100 evaluations on a 600-member CIFAR-10 pool the fixed random LSTM
-            found better students sooner than the trained one, at a third of the CPU (README,
-            "Results").
+            found better students sooner than the trained one, at a third of the CPU
+            (docs/RESULTS.md).
         warm_start: each step's kernels start from the previous step's learned LSTM instead
             of a fresh initialisation (variant of the embedding study; that LSTM lives in the
             searcher's state, so after a coordinator restart the next step starts fresh).

@@ -340,7 +340,8 @@ def distill(
     _prepare(student, dev, use_cl)
     _prepare(teacher, dev, use_cl)
     teacher.eval()
-    ckpt = _DistillCheckpoint(checkpoint, training, seed, len(train)) if checkpoint else None
+    ckpt = (_DistillCheckpoint(checkpoint, training, seed, len(train), student, teacher,
+                               (dev.type, use_amp, use_cl)) if checkpoint else None)  # fmt: skip
     resumed = ckpt.load() if ckpt is not None else None
     if resumed is None:
         recalibrate_bn(
@@ -415,11 +416,26 @@ def distill(
 class _DistillCheckpoint:
     """`distill`'s per-epoch state in one file (torch's format, read back with
     `weights_only=True`: tensors and plain containers only, never arbitrary objects), written
-    atomically, with the settings it was made for."""
+    atomically and synced, with what it was made for: the settings, the seed, the data size,
+    the student's shapes, a digest of the teacher's weights, and device type / amp /
+    channels-last -- another training's file is refused, never resumed into."""
 
-    def __init__(self, path: str | Path, training: SearchTraining, seed: int, n: int) -> None:
+    def __init__(
+        self, path: str | Path, training: SearchTraining, seed: int, n: int,
+        student: nn.Module, teacher: nn.Module, mode: tuple[str, bool, bool],
+    ) -> None:  # fmt: skip
+        import hashlib
+
+        digest = hashlib.sha256()
+        for k, v in teacher.state_dict().items():
+            digest.update(k.encode())
+            digest.update(v.detach().cpu().contiguous().numpy().tobytes())
         self.path = Path(path)
-        self.made_for = {"training": asdict(training), "seed": seed, "train_images": n}
+        self.made_for = {
+            "training": asdict(training), "seed": seed, "train_images": n,
+            "student": {k: list(v.shape) for k, v in student.state_dict().items()},
+            "teacher": digest.hexdigest(), "device_amp_channels_last": list(mode),
+        }  # fmt: skip
 
     def load(self) -> dict[str, Any] | None:
         if not self.path.exists():
@@ -435,7 +451,10 @@ class _DistillCheckpoint:
     def save(self, state: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({**state, "made_for": self.made_for}, tmp)
+        with open(tmp, "wb") as f:
+            torch.save({**state, "made_for": self.made_for}, f)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, self.path)
 
 

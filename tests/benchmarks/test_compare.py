@@ -86,9 +86,15 @@ def test_compare_at_a_budget_on_digits(
     # the search's first step held the seeds; whether the returned student is one is stated
     seeds = budget["seeds"]
     assert seeds and all(s["tag"].startswith("seed:") for s in seeds)
-    best = summary["searches"]["esnac"]["best"]
+    search = json.loads((tmp_path / "quick_budget" / "search_esnac.json").read_text())
+    trials = search["trials"]
+    best = max(trials, key=lambda t: (t["reward"], -t["number"]))
+    assert budget["esnac_best_tag"] == best["tag"]
     assert budget["esnac_returned_a_seed"] == (best["tag"] is not None)
-    assert budget["best_non_seed"] is None or budget["best_non_seed"]["tag"] is None
+    others = [t for t in trials if t["tag"] is None]
+    assert others  # the second step proposed a student of its own
+    want = max(others, key=lambda t: (t["reward"], -t["number"]))["number"]
+    assert budget["best_non_seed"]["number"] == want
     # the first-k uniform baseline is the largest uniform shrink within the budget
     from embedding import CompressionSpace
     from embedding.budget import uniform_action

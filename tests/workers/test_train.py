@@ -255,6 +255,18 @@ class _StopAt(Progress):
         super().epoch_done(epoch, val_accuracy)
 
 
+class _Epochs(Progress):
+    """Records which epochs a training finished."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epochs: list[int] = []
+
+    def epoch_done(self, epoch: int, val_accuracy: float | None) -> None:
+        self.epochs.append(epoch)
+        super().epoch_done(epoch, val_accuracy)
+
+
 def test_distill_resumes_from_its_checkpoint_as_if_never_stopped(
     digits: DatasetSplits, tmp_path: Path
 ) -> None:
@@ -271,10 +283,16 @@ def test_distill_resumes_from_its_checkpoint_as_if_never_stopped(
                 progress=_StopAt(2))  # fmt: skip
     assert ckpt.exists() and not ckpt.with_name("s.ckpt.tmp").exists()
     _, second = half_student(teacher)  # a new process: fresh inherited weights
-    resumed = distill(second, teacher, digits, training, seed=3, device="cpu", checkpoint=ckpt)
+    seen = _Epochs()
+    resumed = distill(second, teacher, digits, training, seed=3, device="cpu", checkpoint=ckpt,
+                      progress=seen)  # fmt: skip
+    assert seen.epochs == [2, 3]  # resumed after the 1st epoch, not started afresh
     assert resumed.history == plain.history and resumed.best_epoch == plain.best_epoch
     assert resumed.images == plain.images == 3 * 96
     sa, sb = whole.state_dict(), second.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     with pytest.raises(BadSpecError, match="checkpoint of another training"):
         distill(second, teacher, digits, training, seed=4, device="cpu", checkpoint=ckpt)
+    other_teacher = zoo.build("resnet20", 10)  # another teacher of the same shape
+    with pytest.raises(BadSpecError, match="checkpoint of another training"):
+        distill(second, other_teacher, digits, training, seed=3, device="cpu", checkpoint=ckpt)
