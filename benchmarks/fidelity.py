@@ -413,13 +413,24 @@ def _inheritance_effect(proxies: dict[str, dict[str, dict[str, Any]]]) -> dict[s
         common = sorted(set(imp) & set(first))
         if not common:
             continue
-        d = np.array([imp[i]["score"] - first[i]["score"] for i in common])
+        band_of = {s["id"]: s["band"] for s in students()}
         out[name.removesuffix("_first")] = {
-            "n": len(common), "importance_minus_first_mean": float(d.mean()),
-            "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None,
-            "importance_better": int((d > 0).sum()),
+            **_paired(imp, first, common),
+            "by_band": {b: _paired(imp, first, [i for i in common if band_of[i] == b])
+                        for b in BANDS},
+            "by_kind": {k: _paired(imp, first, [i for i in common if k in i]) for k in PER_BAND},
         }  # fmt: skip
     return out
+
+
+def _paired(imp: dict[str, Any], first: dict[str, Any], ids: list[str]) -> dict[str, Any]:
+    """Importance minus first-k over the students `ids`: mean, standard error, how many gain."""
+    d = np.array([imp[i]["score"] - first[i]["score"] for i in ids])
+    return {
+        "n": len(ids), "importance_minus_first_mean": float(d.mean()) if len(d) else None,
+        "se": float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None,
+        "importance_better": int((d > 0).sum()),
+    }  # fmt: skip
 
 
 def _plot(entries: dict[str, Any], final: dict[str, Any], proxies: dict[str, Any], path: Path
