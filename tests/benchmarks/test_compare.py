@@ -103,3 +103,15 @@ def test_compare_at_a_budget_on_digits(
     first = CompressionSpace.for_teacher(compare.teacher_net(setup), inheritance="first")
     want = first.num_params(uniform_action(first, budget["params"]))
     assert methods["uniform_first"]["params"] == want
+
+
+def test_another_search_seed_is_its_own_search() -> None:
+    compare = _compare()
+    base = compare.setups()["cifar10_5x_mixed"]
+    assert compare.with_search_seed(base, 0) is base
+    again = compare.with_search_seed(base, 2)
+    assert (again.name, again.search_seed, again.methods) == ("cifar10_5x_mixed_seed2", 2,
+                                                              ("esnac",))  # fmt: skip
+    assert again.searcher == {"sampler": "mixed"} and again.budget == 5.0
+    assert again.search_file("esnac") != base.search_file("esnac")
+    assert again.search_file("esnac").name == "compare_cifar10_5x_mixed_seed2_search_esnac.json"
