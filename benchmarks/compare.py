@@ -478,8 +478,8 @@ def train(setup: Setup, method: str, seed: int, device: str = "cpu") -> dict[str
         "input_shape": list(splits.input_shape), "training": settings, "device": device,
         "inheritance": setup.inheritance,
         "budget": None if setup.budget is None else {
-            "times_smaller": setup.budget, "params": target_params(setup),
-            "within": params <= target_params(setup)},
+            "times_smaller": setup.budget, "params": (budget := target_params(setup)),
+            "within": params <= budget},
     }  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".onnx").write_bytes(onnx)
@@ -525,6 +525,7 @@ def report(setup: Setup) -> dict[str, Any]:
     strategies = ("esnac", "random") if "random" in setup.methods else ("esnac",)
     searches = {s: _read_json(setup.search_file(s)) for s in strategies}
     target = target_params(setup) if searches["esnac"] or setup.budget is not None else None
+    esnac = searches["esnac"] or {}
     for r in methods.values():  # within the budget, or the tolerance of ESNAC's best's size
         if target is not None:
             r["size_matched"] = (r["params"] <= target if setup.budget is not None
@@ -545,10 +546,10 @@ def report(setup: Setup) -> dict[str, Any]:
         "budget": None if setup.budget is None else {
             "times_smaller": setup.budget, "params": target,
             # is ESNAC's returned student one of the alternatives it was seeded with?
-            "esnac_returned_a_seed": bool(((searches["esnac"] or {}).get("best") or {}).get("tag")),
-            "esnac_best_tag": ((searches["esnac"] or {}).get("best") or {}).get("tag"),
-            "best_non_seed": (searches["esnac"] or {}).get("best_non_seed"),
-            "seeds": (searches["esnac"] or {}).get("seeds"),
+            "esnac_returned_a_seed": bool(esnac.get("best", {}).get("tag")),
+            "esnac_best_tag": esnac.get("best", {}).get("tag"),
+            "best_non_seed": esnac.get("best_non_seed"),
+            "seeds": esnac.get("seeds"),
         },  # fmt: skip
         "searches": {s: {k: v for k, v in (d or {}).items() if k != "trials"}
                      for s, d in searches.items()},  # fmt: skip

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,15 +24,22 @@ def _compare():  # type: ignore[no-untyped-def]
     return module
 
 
+def _run_all(setup: str, tmp_path: Path, ray_session: str, monkeypatch: pytest.MonkeyPatch
+             ) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """Every stage of a setup on the tests' Ray; the module and its summary, nothing missing."""
+    monkeypatch.setenv("ESNAC_RAY_ADDRESS", ray_session)
+    compare = _compare()
+    compare.main(["--setup", setup, "--threads", "1", "--cache", str(tmp_path), "all"])
+    summary = json.loads((tmp_path / setup / "compare.json").read_text())
+    assert summary["missing"] == []
+    return compare, summary
+
+
 @pytest.mark.slow
 def test_compare_runs_every_stage_on_digits(
     tmp_path: Path, ray_session: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("ESNAC_RAY_ADDRESS", ray_session)
-    compare = _compare()
-    compare.main(["--setup", "quick", "--threads", "1", "--cache", str(tmp_path), "all"])
-    summary = json.loads((tmp_path / "quick" / "compare.json").read_text())
-    assert summary["missing"] == []
+    compare, summary = _run_all("quick", tmp_path, ray_session, monkeypatch)
     methods = summary["methods"]
     assert set(methods) == set(compare.METHODS)
     target = summary["target_params"]
@@ -66,11 +74,7 @@ def test_compare_at_a_budget_on_digits(
     """Issue 32's side-by-side at a budget: a budgeted ESNAC search (seeded with the
     alternatives), every baseline built within the budget, the report says whether ESNAC
     returned a seed and gives the best student that is not one."""
-    monkeypatch.setenv("ESNAC_RAY_ADDRESS", ray_session)
-    compare = _compare()
-    compare.main(["--setup", "quick_budget", "--threads", "1", "--cache", str(tmp_path), "all"])
-    summary = json.loads((tmp_path / "quick_budget" / "compare.json").read_text())
-    assert summary["missing"] == []
+    compare, summary = _run_all("quick_budget", tmp_path, ray_session, monkeypatch)
     methods = summary["methods"]
     assert tuple(methods) == compare.BUDGET_METHODS
     budget = summary["budget"]
