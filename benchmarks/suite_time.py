@@ -3,9 +3,15 @@
 Runs `python -m pytest` (any extra arguments are passed on) with a small plugin that records,
 for every test, its wall seconds (setup + call + teardown) and the CPU seconds of this process
 and of the child processes it waited for (servers, teacher checks; Ray's workers are not waited
-for, so a test that trains on Ray shows its wall time but little CPU). Also the whole run's
-user + sys seconds of the process tree that `resource.getrusage` sees, the machine's GEMM speed
-when `--gemm` is given, and the load average.
+for, so a test that trains on Ray shows its wall time but little CPU). Under pytest-xdist
+(`-n 2`) the tests run in worker processes: then a test's wall seconds come from its reports
+and its CPU seconds are not known.
+
+The whole run's CPU seconds are the user + sys seconds of the entire process tree: this process
+becomes the "child subreaper" of everything it starts (Linux `PR_SET_CHILD_SUBREAPER`), so a
+process orphaned by its parent (a killed server's Ray, a fork server) is reparented here and its
+seconds are counted when it is reaped at the end. Also the machine's GEMM speed when `--gemm`
+is given, and the load average.
 
     python benchmarks/suite_time.py                       # the whole suite
     python benchmarks/suite_time.py -- -m "not slow"      # the quick tier
@@ -17,6 +23,7 @@ The JSON lists the tests slowest first; `--top N` prints the N slowest.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -58,6 +65,49 @@ class _Timer:
         entry = self.tests.setdefault(report.nodeid, {})
         if report.when == "call" or report.outcome != "passed":
             entry["outcome"] = report.outcome
+        entry["reported_s"] = entry.get("reported_s", 0.0) + report.duration
+        entry.setdefault("slow", "slow" in report.keywords)
+
+
+def _become_subreaper() -> bool:
+    """Orphaned descendants are reparented to this process (Linux), so their CPU is counted."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(36, 1, 0, 0, 0) == 0)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def _reap_all(wait_s: float = 30.0) -> int:
+    """Stop this process's fork server, then reap every descendant that is left (waiting up to
+    `wait_s` for those still running); returns how many were still alive at the end."""
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()  # type: ignore[attr-defined]
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return 0  # none left
+        if pid == 0:
+            if time.monotonic() > deadline:
+                return _live_children()
+            time.sleep(0.2)
+
+
+def _live_children() -> int:
+    me = str(os.getpid())
+    n = 0
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            if stat.rsplit(")", 1)[1].split()[1] == me:
+                n += 1
+    return n
 
 
 def _gemm() -> str | None:
@@ -77,13 +127,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     timer = _Timer()
     load0 = os.getloadavg()
+    subreaper = _become_subreaper()
     t0, (c0, k0) = time.perf_counter(), _cpu()
     code = pytest.main(["-p", "no:cacheprovider", "-q", *args.pytest_args], plugins=[timer])
+    wall = time.perf_counter() - t0
+    left_running = _reap_all()
     c1, k1 = _cpu()
+    for v in timer.tests.values():
+        v.setdefault("wall_s", v.get("reported_s", 0.0))  # under xdist: from the reports
     tests = sorted(timer.tests.items(), key=lambda kv: -kv[1].get("wall_s", 0.0))
     summary = {
         "pytest_args": args.pytest_args, "exit_code": int(code), "tests": len(tests),
-        "wall_s": time.perf_counter() - t0, "cpu_s": c1 - c0, "children_cpu_s": k1 - k0,
+        "wall_s": wall, "cpu_s": c1 - c0, "children_cpu_s": k1 - k0,
+        "subreaper": subreaper, "descendants_left_running": left_running,
         "slow_tests_wall_s": sum(v.get("wall_s", 0.0) for _, v in tests if v.get("slow")),
         "load_average": [list(load0), list(os.getloadavg())],
         "gemm": _gemm() if args.gemm else None, "cpus": os.cpu_count(),

@@ -1,19 +1,23 @@
 """Run a teacher's checks (`workers.teacher_check`) in a child process and await the answer.
 
 The API process stays free of torch: building the architecture, loading uploaded weights and a
-validation pass happen in `python -m workers.teacher_check`, started per request with the
-coordinator's own Python and killed when it runs past `ESNAC_TEACHER_CHECK_TIMEOUT`.
+validation pass happen in a child process per request, killed when it runs past
+`ESNAC_TEACHER_CHECK_TIMEOUT`. The children are forked from a multiprocessing fork server
+(started on the first check, one per API process) that has imported torch and the check's
+modules once (`workers.teacher_check.PRELOAD`): a check costs its own work, not a ~3 CPU s
+import of torch each time. Nothing of the API process's state reaches the children.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
+import multiprocessing
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from service.settings import Settings
 
@@ -71,34 +75,9 @@ async def check_teacher(
             path = Path(tmp) / "weights.safetensors"
             path.write_bytes(weights)
             request["weights_path"] = str(path)
-        env = dict(os.environ, OMP_NUM_THREADS=str(request["threads"]))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "workers.teacher_check",
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp,  # no relative path reaches ours
-        )  # fmt: skip
-        try:
-            out, err = await asyncio.wait_for(
-                proc.communicate(json.dumps(request).encode()),
-                timeout=settings.teacher_check_timeout,
-            )
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise TeacherCheckFailedError(
-                f"checking the teacher took longer than ESNAC_TEACHER_CHECK_TIMEOUT="
-                f"{settings.teacher_check_timeout:g} s; pass `accuracy` to skip measuring it, "
-                "or raise the timeout"
-            ) from None
-    try:
-        answer = json.loads(out)
-    except ValueError:
-        answer = None
-    if proc.returncode != 0 or not isinstance(answer, dict):
-        tail = err.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise TeacherCheckFailedError(
-            f"the teacher check exited with status {proc.returncode}: {tail[0]}"
-        )
+        answer = await asyncio.to_thread(_run_child, request, tmp, settings.teacher_check_timeout)
+    if "crashed" in answer:
+        raise TeacherCheckFailedError(f"the teacher check failed: {answer['crashed']}")
     if not answer.get("ok"):
         raise TeacherRefusedError(str(answer.get("message")))
     acc = answer.get("accuracy")
@@ -108,3 +87,48 @@ async def check_teacher(
         accuracy=None if acc is None else float(acc),
         sizes={k: int(v) for k, v in answer["sizes"].items()} if answer.get("sizes") else None,
     )
+
+
+_server_lock = threading.Lock()
+
+
+def _context() -> Any:
+    """The fork-server context, its server told (once) to preload the check's modules."""
+    from workers.teacher_check import PRELOAD  # torch-free at import
+
+    ctx = multiprocessing.get_context("forkserver")
+    with _server_lock:
+        ctx.set_forkserver_preload(list(PRELOAD))
+    return ctx
+
+
+def _run_child(request: dict[str, object], cwd: str, timeout: float) -> dict[str, Any]:
+    """One check in a forked child (blocking; run in a thread): its answer, or `{"crashed":
+    ...}` when it died without one. Raises TeacherCheckFailedError past `timeout`."""
+    from workers.teacher_check import serve_one
+
+    ctx = _context()
+    parent, child = ctx.Pipe(duplex=False)
+    with _server_lock:  # the fork server starts once, however many checks arrive together
+        proc = ctx.Process(target=serve_one, args=(request, child, cwd), daemon=True)
+        proc.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            proc.kill()
+            raise TeacherCheckFailedError(
+                f"checking the teacher took longer than ESNAC_TEACHER_CHECK_TIMEOUT="
+                f"{timeout:g} s; pass `accuracy` to skip measuring it, or raise the timeout"
+            )
+        try:
+            answer: dict[str, Any] = json.loads(parent.recv_bytes())  # JSON: nothing unpickled
+        except EOFError:  # died without an answer (a crash in native code, a kill)
+            proc.join(5)
+            answer = {"crashed": f"it exited with status {proc.exitcode} and no answer"}
+        return answer
+    finally:
+        parent.close()
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()

@@ -129,6 +129,22 @@ def ray_session() -> Iterator[str]:
     ray.shutdown()
 
 
+#: Fixtures that reach the shared Postgres server (one test restarts it: test_faults).
+_PG_FIXTURES = {"pg_template", "postgres_url", "postgres_up"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's `--dist loadgroup` (the default, see pyproject): a file's tests
+    run in one process, so its module fixtures are built once; every test that reaches Postgres
+    runs in one process ("postgres"), so a test that restarts the server meets no other."""
+    for item in items:
+        pg = item.get_closest_marker("postgres") is not None or bool(
+            _PG_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        )
+        group = "postgres" if pg else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """One intra-op thread for the test process: the tests run small batches, where a second
     OpenMP thread only adds synchronisation (5-100x slower on a loaded 2-core machine)."""

@@ -2,7 +2,8 @@
 
 `check_teacher` builds the architecture, loads uploaded weights strictly and measures their
 accuracy on the dataset's validation split when the user did not give it. The coordinator runs
-it in a short-lived child process (`python -m workers.teacher_check`, JSON request on stdin, JSON
+it in a short-lived child process per request (`answer`, forked from a server that has imported
+torch and these modules once; or `python -m workers.teacher_check`, JSON request on stdin, JSON
 answer on stdout; see `service.teacher_check`), so the API process never loads torch, a slow
 validation pass never competes with the API, and a file that crashes the loader crashes only
 the child. A worker actor calls the same function (`TrialWorker.measure_teacher`).
@@ -189,14 +190,21 @@ def measure_accuracy(model: Any, dataset: str, data_dir: str | None, device: Any
     return float(evaluate(model, split, device=device))
 
 
-def main() -> int:
-    """Answer one JSON request from stdin on stdout: `{"ok": true, <TeacherFacts>}` or
-    `{"ok": false, "message": ...}` for a refused teacher (exit status 0 both)."""
+#: What `answer` needs, imported once by the server its children are forked from
+#: (`service.teacher_check`), so a check does not pay torch's import (~3 CPU s) every time.
+PRELOAD = (
+    "torch", "embedding.fx_trace", "embedding.space", "workers.zoo", "workers.dataspec",
+    "workers.export", "workers.teacher_check",
+)  # fmt: skip
+
+
+def answer(request: dict[str, Any]) -> dict[str, Any]:
+    """The answer to one request: `{"ok": true, <TeacherFacts>}`, or `{"ok": false, "message":
+    ...}` for a refused teacher. Errors that are not the user's propagate."""
     import torch
 
     from workers.spec import WorkerError
 
-    request = json.load(sys.stdin)
     torch.set_num_threads(int(request.get("threads") or 1))
     path = request.get("weights_path")
     try:
@@ -210,9 +218,31 @@ def main() -> int:
             accept_low_accuracy=bool(request.get("accept_low_accuracy")),
         )
     except WorkerError as e:
-        json.dump({"ok": False, "message": e.message}, sys.stdout)
-        return 0
-    json.dump({"ok": True, **asdict(facts)}, sys.stdout)
+        return {"ok": False, "message": e.message}
+    return {"ok": True, **asdict(facts)}
+
+
+def serve_one(request: dict[str, Any], conn: Any, cwd: str) -> None:
+    """A forked child's whole life: answer `request` in `cwd` and send the answer through
+    `conn` as JSON bytes (a crash sends `{"crashed": <its last line>}` instead)."""
+    import os
+    import traceback
+
+    try:
+        os.chdir(cwd)  # no relative path reaches the coordinator's directory
+        reply = answer(request)
+    except BaseException as e:  # the parent reports it as a failed check
+        lines = traceback.format_exception_only(type(e), e)
+        reply = {"crashed": lines[-1].strip() if lines else type(e).__name__}
+    try:
+        conn.send_bytes(json.dumps(reply).encode())
+    finally:
+        conn.close()
+
+
+def main() -> int:
+    """Answer one JSON request from stdin on stdout (exit status 0 for a refused teacher too)."""
+    json.dump(answer(json.load(sys.stdin)), sys.stdout)
     return 0
 
 

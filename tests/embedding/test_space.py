@@ -38,12 +38,15 @@ def _space(name: str) -> tuple[nn.Module, CompressionSpace]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", zoo.names())
-def test_500_sampled_students_run_and_count_params(name: str) -> None:
+def test_sampled_students_run_and_count_params(name: str) -> None:
+    # 100 per network (500 until 2026-12): every sample removes 30-70 % of the removable layers,
+    # shrinks every kept layer and may add skips, so each layer of the teacher is removed,
+    # kept and shrunk dozens of times over 100 samples; the 400 more cost ~130 CPU s a run
     _, space = _space(name)
     rng = np.random.default_rng(0)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        for _ in range(500):
+        for _ in range(100):
             action = space.sample(rng)
             student = space.materialize(action)
             assert student(x).shape == (2, 10)

@@ -121,6 +121,18 @@ def test_upload_measures_accuracy_when_not_given(client: TestClient, resnet20_by
     assert r.status_code == 422 and "another dataset" in r.text, r.text
 
 
+def test_a_check_past_its_timeout_is_a_503_that_names_the_setting(
+    settings: Settings, resnet20_bytes: bytes
+) -> None:
+    # measuring the accuracy on digits takes far longer than 50 ms: the forked child is killed
+    quick = settings.model_copy(update={"teacher_check_timeout": 0.05})
+    with TestClient(create_app(quick)) as c:
+        r = _upload(c, resnet20_bytes, accuracy=None, accept_low_accuracy="true")
+    assert r.status_code == 503, r.text
+    assert "ESNAC_TEACHER_CHECK_TIMEOUT=0.05 s" in r.text and "pass `accuracy`" in r.text
+    assert _stored(settings) == (0, [])
+
+
 @pytest.mark.parametrize(
     "kind",
     [
