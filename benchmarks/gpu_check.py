@@ -99,7 +99,7 @@ def actor_trial(num_gpus: float, images: int) -> dict[str, Any]:
 
     from workers.actor import RemoteTrialWorker
 
-    ray.init(num_cpus=2, num_gpus=1 if num_gpus else 0, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, num_gpus=1 if num_gpus else 0, log_to_driver=False)
     try:
         torch.manual_seed(0)
         teacher = zoo.build("resnet20", 10)

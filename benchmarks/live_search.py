@@ -97,7 +97,7 @@ def main() -> int:
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     address = ray.get_runtime_context().gcs_address
     res: dict[str, Any] = {
         "command": "python " + " ".join(sys.argv),

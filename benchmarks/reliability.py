@@ -302,7 +302,7 @@ def main() -> int:
 
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     address = ray.get_runtime_context().gcs_address
     scenarios = {
         "worker_death": lambda b: scenario_worker_death(b, steps=3 if q else 8,

@@ -305,7 +305,7 @@ def main() -> None:
     p.add_argument("--pool", type=Path, default=POOL)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args()
-    ray.init(num_cpus=2, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, log_to_driver=False)
     modes = ["pipelined", "baseline"] if args.mode == "both" else [args.mode]
     runs: list[dict[str, Any]] = []
     load = os.getloadavg()

@@ -84,7 +84,7 @@ def main() -> None:
         args.dataset,
         max_layers=256,
     )
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     worker = RemoteTrialWorker.options(num_cpus=1).remote(device="cpu", threads=1)
     ctx_dict = {k: v for k, v in dataclasses.asdict(ctx).items() if k != "teacher_weights"}
     ray.get(worker.prepare.remote(ctx_dict, ray.put(ctx.teacher_weights)))

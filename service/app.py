@@ -50,8 +50,8 @@ def _start_ray(settings: Settings) -> bool:
         return False
     if settings.ray_address:
         ray.init(address=settings.ray_address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=settings.ray_num_cpus, log_to_driver=False)
+    else:  # a new local Ray, whatever RAY_ADDRESS this process inherited (a shell's, a test's)
+        ray.init(address="local", num_cpus=settings.ray_num_cpus, log_to_driver=False)
     return True
 
 

@@ -120,11 +120,12 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[str]:
-    """One local Ray for the whole test session (`ray.init(num_cpus=2)`); yields its address."""
+    """One new local Ray per test process (`ray.init(address="local", num_cpus=2)`: never a
+    cluster that is already running, such as test_cluster's in the other xdist process)."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
