@@ -66,16 +66,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _terminate_as_interrupt() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C, so the server (in its own session) and its Ray are stopped
-    instead of being left running."""
+    instead of being left running. Ctrl-C (SIGINT) does so too even where the demo was started
+    with SIGINT ignored (a shell script's background job: `esnac demo &` inherits SIG_IGN, and
+    the demo then ignored the Ctrl-C it tells the user to press)."""
 
     def interrupt(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
+    previous_int = signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _demo_run(client: Client, args: argparse.Namespace, url: str) -> int:
