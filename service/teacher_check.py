@@ -11,6 +11,7 @@ import of torch each time. Nothing of the API process's state reaches the childr
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import multiprocessing
 import tempfile
@@ -92,13 +93,13 @@ async def check_teacher(
 _server_lock = threading.Lock()
 
 
+@functools.cache
 def _context() -> Any:
     """The fork-server context, its server told (once) to preload the check's modules."""
     from workers.teacher_check import PRELOAD  # torch-free at import
 
     ctx = multiprocessing.get_context("forkserver")
-    with _server_lock:
-        ctx.set_forkserver_preload(list(PRELOAD))
+    ctx.set_forkserver_preload(list(PRELOAD))
     return ctx
 
 
