@@ -234,16 +234,34 @@ def _load_cifar(kind: str, root: str | None, download: bool, seed: int) -> Datas
     )
 
 
-def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
+def _digits_table() -> np.ndarray:
+    """scikit-learn's digits as `load_digits` reads them (1797 rows: 64 pixels, then the
+    label), straight from the file scikit-learn ships: importing scikit-learn costs ~2 CPU s,
+    paid by every worker process of a digits job."""
+    import gzip
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            with gzip.open(path, "rt") as f:
+                return np.loadtxt(f, delimiter=",")
+    from sklearn.datasets import load_digits  # a layout without the file: its own loader
 
     d = load_digits()
-    small = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # N x 1 x 8 x 8
+    return np.concatenate([d.data, d.target[:, None]], axis=1)
+
+
+def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
+    table = _digits_table()
+    pixels, target = table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+    small = torch.from_numpy(pixels.astype(np.float32) / 16.0)[:, None]  # N x 1 x 8 x 8
     big = torch.nn.functional.interpolate(
         small, size=(32, 32), mode="bilinear", align_corners=False
     )
     images = (big.clamp(0, 1) * 255.0).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-    return images, torch.from_numpy(d.target.astype(np.int64))
+    return images, torch.from_numpy(target)
 
 
 def _load_digits(seed: int) -> DatasetSplits:

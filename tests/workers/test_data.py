@@ -28,6 +28,24 @@ def test_digits_splits_are_fixed_and_image_shaped() -> None:
     assert not torch.equal(other.val.labels, a.val.labels)
 
 
+def test_digits_are_scikit_learns_read_without_importing_it() -> None:
+    """A digits job's workers read scikit-learn's bundled file (its import costs ~2 CPU s per
+    process); the values are `load_digits()`'s."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from workers.data import _digits_table
+
+    d, table = load_digits(), _digits_table()
+    assert np.array_equal(table[:, :-1], d.data) and np.array_equal(table[:, -1], d.target)
+    code = "import sys; from workers.data import load_dataset; load_dataset('digits'); " \
+           "print('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out
+
+
 def test_npz_limit_split_and_validation_arrays(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (50, 8, 8, 3), dtype=np.uint8)
