@@ -40,8 +40,10 @@ def test_digits_are_scikit_learns_read_without_importing_it() -> None:
 
     d, table = load_digits(), _digits_table()
     assert np.array_equal(table[:, :-1], d.data) and np.array_equal(table[:, -1], d.target)
-    code = "import sys; from workers.data import load_dataset; load_dataset('digits'); " \
-           "print('sklearn' in sys.modules)"
+    code = (
+        "import sys; from workers.data import load_dataset; load_dataset('digits'); "
+        "print('sklearn' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out
 
