@@ -4,19 +4,19 @@ A fit is mostly PyTorch (which releases the GIL) but also long stretches of Pyth
 candidate pools, encoding them, the LSTM's time loop); in a thread of the server that delays every
 request by up to the interpreter's switch interval each time it needs the GIL. Here the
 coordinator keeps each job's searcher (the BO state) and sends a snapshot (`state_dict()`) to one
-spawned fit process, which rebuilds the searcher, proposes, and sends the new state back. The
-process keeps each job's compression space, so the teacher is traced once per job.
+fit process, which rebuilds the searcher, proposes, and sends the new state back. The process
+keeps each job's compression space, so the teacher is traced once per job. It is forked from the
+coordinator's fork server, which has imported torch: starting it costs a fork, not an import.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import logging
-import multiprocessing
 import os
-import signal
-import sys
+import select
+import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -25,6 +25,7 @@ from typing import Any
 from embedding.search import Searcher
 from embedding.space import Action, CompressionSpace
 from service.db import Job
+from service.teacher_check import forkserver_context
 
 __all__ = ["Fitter"]
 
@@ -33,23 +34,48 @@ log = logging.getLogger(__name__)
 # In the fit process only: job key -> its teacher's compression space (a few recent jobs).
 _SPACES: OrderedDict[str, CompressionSpace] = OrderedDict()
 _KEEP_SPACES = 8
-_PR_SET_PDEATHSIG = 1  # <sys/prctl.h>
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie -- dead, not yet reaped -- counts as dead)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _exit_with(coordinator: int) -> None:
+    """(In the fit process.) Exit as soon as the coordinator has: a thread waits on a pidfd of
+    it (Linux 5.3+; elsewhere it checks every second)."""
+    try:
+        fd: int | None = os.pidfd_open(coordinator)
+    except ProcessLookupError:
+        os._exit(0)
+    except (AttributeError, OSError):
+        fd = None
+
+    def wait() -> None:
+        if fd is not None:
+            select.select([fd], [], [])  # readable once the process has exited
+        else:
+            while _alive(coordinator):
+                time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=wait, name="exit-with-coordinator", daemon=True).start()
 
 
 def _init_fit_process(coordinator: int) -> None:
     """(In the fit process.) Die with the coordinator, and yield the CPU to it.
 
-    A coordinator killed with SIGKILL runs no shutdown code: without PR_SET_PDEATHSIG (Linux) its
-    fit process would stay behind as an idle orphan holding the teacher spaces (~0.7 GB). Fits
-    are batch work: the API process (and its requests) go first when CPUs are short.
+    A coordinator killed with SIGKILL runs no shutdown code: its fit process would stay behind
+    as an idle orphan holding the teacher spaces (~0.7 GB). Its parent is the fork server, which
+    lives as long as any process it forked (each holds its "alive" pipe), so the parent's death
+    (PR_SET_PDEATHSIG) is no signal: the fit process watches the coordinator itself. Fits are
+    batch work: the API process (and its requests) go first when CPUs are short.
     """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):  # no prctl here: the orphan is only idle memory
-            pass
-        if os.getppid() != coordinator:  # it died before the signal was armed
-            os._exit(0)
+    _exit_with(coordinator)
     try:
         os.nice(10)
     except OSError:  # not permitted here: run at normal priority
@@ -95,7 +121,8 @@ def _propose(
 
 
 class Fitter:
-    """Runs `suggest` of the coordinator's searchers in one spawned process."""
+    """Runs `suggest` of the coordinator's searchers in one process, forked from the process's
+    fork server (`service.teacher_check.forkserver_context`)."""
 
     def __init__(self, threads: int, device: str = "auto") -> None:
         self.threads = threads
@@ -106,7 +133,7 @@ class Fitter:
         if self._executor is None:
             self._executor = ProcessPoolExecutor(
                 max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=forkserver_context(),  # forked: torch is imported there already
                 initializer=_init_fit_process,
                 initargs=(os.getpid(),),
             )

@@ -5,7 +5,8 @@ validation pass happen in a child process per request, killed when it runs past
 `ESNAC_TEACHER_CHECK_TIMEOUT`. The children are forked from a multiprocessing fork server
 (started on the first check, one per API process) that has imported torch and the check's
 modules once (`workers.teacher_check.PRELOAD`): a check costs its own work, not a ~3 CPU s
-import of torch each time. Nothing of the API process's state reaches the children.
+import of torch each time. Nothing of the API process's state reaches the children. The
+coordinator's fit process is forked from the same server (`forkserver_context`).
 """
 
 from __future__ import annotations
@@ -93,13 +94,20 @@ async def check_teacher(
 _server_lock = threading.Lock()
 
 
+#: The coordinator's fit process (`service.fitter`) forks from the same server: with these
+#: preloaded too, starting it costs a fork, not a fresh interpreter importing torch.
+_FIT_PRELOAD = ("service.fitter", "service.searchers")
+
+
 @functools.cache
-def _context() -> Any:
-    """The fork-server context, its server told (once) to preload the check's modules."""
+def forkserver_context() -> Any:
+    """The process's fork-server context, its server told (once, before it starts) to preload
+    what the teacher checks and the fit process import. One fork server per process: the
+    preload list is global, so every user of it takes the context from here."""
     from workers.teacher_check import PRELOAD  # torch-free at import
 
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(list(PRELOAD))
+    ctx.set_forkserver_preload([*PRELOAD, *_FIT_PRELOAD])
     return ctx
 
 
@@ -108,7 +116,7 @@ def _run_child(request: dict[str, object], cwd: str, timeout: float) -> dict[str
     ...}` when it died without one. Raises TeacherCheckFailedError past `timeout`."""
     from workers.teacher_check import serve_one
 
-    ctx = _context()
+    ctx = forkserver_context()
     parent, child = ctx.Pipe(duplex=False)
     with _server_lock:  # the fork server starts once, however many checks arrive together
         proc = ctx.Process(target=serve_one, args=(request, child, cwd), daemon=True)
