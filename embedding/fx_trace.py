@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+import threading
 from typing import Any
 
 import torch
@@ -148,6 +149,14 @@ def _adaptive_attrs(output_size: Any, in_shape: tuple[int, ...], path: str) -> d
     return {"kernel": h // oh, "stride": h // oh, "padding": 0, "output_size": (oh, ow)}
 
 
+#: torch.fx's symbolic tracing patches `nn.Module.__call__` for the whole process while it runs,
+#: so a forward pass in another thread meanwhile is intercepted by that tracer: it fails ("module
+#: is not installed as a submodule") or pollutes the other graph. Every trace holds this lock
+#: (re-entrant), as does code that runs forward passes in threads beside traces (the
+#: coordinator's `service.searchers.build_space`).
+TRACE_LOCK = threading.RLock()
+
+
 def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> LayerGraph:
     """Trace `model` into a `LayerGraph`.
 
@@ -167,23 +176,24 @@ def trace(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32)) -> Layer
 
 def _traced_with_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> torch.fx.GraphModule:
     """`torch.fx` trace of `model` with every node's `tensor_meta` (eval mode, batch of 2)."""
-    try:
-        gm = torch.fx.symbolic_trace(model)
-    except Exception as exc:  # fx raises many types for dynamic control flow
-        raise UnsupportedModelError(f"the model cannot be traced by torch.fx: {exc}") from exc
-    was_training = model.training
-    model.eval()
-    gm.eval()
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
-    except Exception as exc:  # the user's model failing on the example input
-        raise UnsupportedModelError(
-            f"the model fails on an input of shape (2, {', '.join(map(str, input_shape))}): {exc}; "
-            "check input_shape"
-        ) from exc
-    finally:
-        model.train(was_training)
+    with TRACE_LOCK:
+        try:
+            gm = torch.fx.symbolic_trace(model)
+        except Exception as exc:  # fx raises many types for dynamic control flow
+            raise UnsupportedModelError(f"the model cannot be traced by torch.fx: {exc}") from exc
+        was_training = model.training
+        model.eval()
+        gm.eval()
+        try:
+            with torch.no_grad():
+                ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
+        except Exception as exc:  # the user's model failing on the example input
+            shape = ", ".join(map(str, input_shape))
+            raise UnsupportedModelError(
+                f"the model fails on an input of shape (2, {shape}): {exc}; check input_shape"
+            ) from exc
+        finally:
+            model.train(was_training)
     return gm
 
 

@@ -39,13 +39,15 @@ def build_space(
     (`CompressionSpace.for_teacher`: the library's `max_layers` policy), with the job's
     `removal` rule (`space_removal`; the workers need not know it: a unit removal is a set of
     layer removals)."""
+    from embedding.fx_trace import TRACE_LOCK
     from workers import zoo
 
     model = zoo.load_teacher(arch, num_classes, weights)
-    space = CompressionSpace.for_teacher(model, tuple(input_shape))
-    if removal == space.removal:
-        return space
-    return CompressionSpace(space.graph, model, space.max_layers, removal=removal)
+    with TRACE_LOCK:  # its forward passes (channel importance) must not meet another's trace
+        space = CompressionSpace.for_teacher(model, tuple(input_shape))
+        if removal == space.removal:
+            return space
+        return CompressionSpace(space.graph, model, space.max_layers, removal=removal)
 
 
 def space_removal(job: Job) -> str:

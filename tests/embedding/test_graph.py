@@ -109,3 +109,29 @@ def test_torchvision_models_trace_without_per_family_code() -> None:
         g = trace(build(num_classes=10))
         assert g.layers[-1].op == "linear"
         assert g.shrinkable_groups
+
+
+def test_traces_in_two_threads_do_not_break_each_other() -> None:
+    """torch.fx patches `nn.Module.__call__` for the whole process while it traces: a trace in
+    one thread once broke another's shape pass ("module is not installed as a submodule"), so
+    a coordinator starting two jobs at once failed one at random."""
+    import threading
+
+    from workers import zoo
+
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        model = zoo.build("resnet20", 10)
+        try:
+            for _ in range(4):
+                trace(model)
+        except BaseException as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
