@@ -99,7 +99,9 @@ def test_a_frozen_worker_is_stalled_and_its_trial_retried(
             assert trained and all(p["epochs"] == 3 for p in trained), seen
             assert max(p["epoch"] for p in trained) >= 1
 
-            job_id = submit_job(c, teacher["id"], steps=2, per_step=2, samples=512, epochs=4)
+            # one step of 2 trials, each long enough (4 epochs of 512 images) to be frozen
+            # mid-run after its first epoch; a second step would only train more
+            job_id = submit_job(c, teacher["id"], steps=1, per_step=2, samples=512, epochs=4)
             # a running trial shows its progress, then its worker is frozen
             page = wait_for(
                 c, f"/v1/jobs/{job_id}/trials?status=running",
@@ -133,7 +135,7 @@ def test_a_frozen_worker_is_stalled_and_its_trial_retried(
         for _ in range(50):
             os.kill(pid, 0)
             time.sleep(0.2)
-    fig = ledger(trials, 4)
+    fig = ledger(trials, 2)
     assert fig["lost"] == 0 and fig["duplicates"] == 0 and fig["reruns"] == 1, fig
 
 
