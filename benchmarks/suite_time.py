@@ -27,6 +27,7 @@ The JSON lists the tests slowest first; `--top N` prints the N slowest.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -64,13 +65,20 @@ class _CpuMeter:
 
     def __init__(self) -> None:
         self.cgroup: Path | None = None
-        group = _CPUACCT / f"esnac_suite_{os.getpid()}"
+        self.home = _CPUACCT / _own_cpuacct_path()  # where this process was, and goes back to
+        for stale in self.home.glob("esnac_suite_*"):  # left by runs whose descendants lingered
+            with contextlib.suppress(OSError):
+                stale.rmdir()  # only an empty group goes
+        group = self.home / f"esnac_suite_{os.getpid()}"
         try:
             group.mkdir()
+        except OSError:
+            return  # not root, or no cgroup v1 cpuacct here
+        try:
             (group / "cgroup.procs").write_text(str(os.getpid()))
             self.cgroup = group
         except OSError:
-            pass
+            group.rmdir()
 
     @property
     def how(self) -> str:
@@ -82,14 +90,25 @@ class _CpuMeter:
         return _tree_cpu()
 
     def close(self) -> None:
-        """Back to the parent group; the group is removed once empty."""
+        """Back to the group it came from; the run's group is removed once empty (a descendant
+        still running keeps it until the next run clears it)."""
         if self.cgroup is None:
             return
-        try:
-            (_CPUACCT / "cgroup.procs").write_text(str(os.getpid()))
+        with contextlib.suppress(OSError):
+            (self.home / "cgroup.procs").write_text(str(os.getpid()))
             self.cgroup.rmdir()
-        except OSError:
-            pass  # a descendant still runs in it; harmless
+
+
+def _own_cpuacct_path() -> str:
+    """This process's cgroup under the cpuacct hierarchy ("" for its root)."""
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if "cpuacct" in controllers.split(","):
+                return path.lstrip("/")
+    except OSError:
+        pass
+    return ""
 
 
 _TICK = os.sysconf("SC_CLK_TCK")

@@ -152,8 +152,8 @@ def _adaptive_attrs(output_size: Any, in_shape: tuple[int, ...], path: str) -> d
 #: torch.fx's symbolic tracing patches `nn.Module.__call__` for the whole process while it runs,
 #: so a forward pass in another thread meanwhile is intercepted by that tracer: it fails ("module
 #: is not installed as a submodule") or pollutes the other graph. Every trace holds this lock
-#: (re-entrant), as does code that runs forward passes in threads beside traces (the
-#: coordinator's `service.searchers.build_space`).
+#: (re-entrant), as does code that runs modules in threads beside traces (the coordinator's
+#: `service.searchers.build_space`, which loads ONNX teachers by running their modules).
 TRACE_LOCK = threading.RLock()
 
 

@@ -151,23 +151,18 @@ class Fitter:
         """`searcher.suggest(n)` (seeded with `rng_key`) computed in the fit process; the
         searcher's state (observations, pending, learned encoder) and `last_kernels` are updated
         in place."""
-        loop = asyncio.get_running_loop()
         state = searcher.state_dict()
         send: tuple[str, int, bytes, tuple[int, ...]] | None = None
         for attempt in range(3):
             try:
-                dicts, kernels, new_state = await loop.run_in_executor(
-                    self._pool(),
-                    _propose,
-                    job,
-                    job_key,
-                    send,
-                    state,
-                    n,
-                    rng_key,
-                    self.threads,
-                    self.device,
-                )
+                # submitted from a thread: the first submit starts the fit process, and with it
+                # the fork server, whose preload (torch, the searchers) takes seconds; the event
+                # loop (requests, heartbeats) must not wait for it
+                future = await asyncio.to_thread(
+                    self._pool().submit, _propose, job, job_key, send, state, n, rng_key,
+                    self.threads, self.device,
+                )  # fmt: skip
+                dicts, kernels, new_state = await asyncio.wrap_future(future)
                 break
             except _SpaceMissing:
                 send = teacher

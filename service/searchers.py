@@ -42,8 +42,10 @@ def build_space(
     from embedding.fx_trace import TRACE_LOCK
     from workers import zoo
 
-    model = zoo.load_teacher(arch, num_classes, weights)
-    with TRACE_LOCK:  # its forward passes (channel importance) must not meet another's trace
+    # held from the load on: an ONNX teacher's import runs its modules (and compares them with
+    # ONNX Runtime), which another job's trace in another thread would intercept
+    with TRACE_LOCK:
+        model = zoo.load_teacher(arch, num_classes, weights)
         space = CompressionSpace.for_teacher(model, tuple(input_shape))
         if removal == space.removal:
             return space
