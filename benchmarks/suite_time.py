@@ -183,9 +183,14 @@ def _become_subreaper() -> bool:
 def _reap_all(wait_s: float = 30.0) -> int:
     """Stop this process's fork server, then reap every descendant that is left (waiting up to
     `wait_s` for those still running); returns how many were still alive at the end."""
+    import signal
     from multiprocessing import forkserver
 
-    forkserver._forkserver._stop()  # type: ignore[attr-defined]
+    server: Any = forkserver._forkserver  # type: ignore[attr-defined]
+    if server._forkserver_pid is not None:  # it lives while any process it forked does: end it
+        with contextlib.suppress(OSError):
+            os.kill(server._forkserver_pid, signal.SIGTERM)
+    server._stop()
     deadline = time.monotonic() + wait_s
     while True:
         try:
