@@ -26,7 +26,6 @@ from embedding.reward import (
     compression,
     latency_reward,
     latency_target_reward,
-    model_flops,
     reward,
 )
 from embedding.space import (
@@ -185,7 +184,10 @@ class PreparedJob:
         self.space = space
         self.splits = splits
         self.device = device
-        self.teacher_flops = model_flops(teacher, splits.input_shape)
+        # counted from the traced graph, as `model_flops` counts them (equal for every
+        # network the space can trace: tests/embedding/test_budget.py), without running the
+        # FLOP counter, whose first use imports torch._dynamo (~1.3 CPU s per worker process)
+        self.teacher_flops = space.num_flops(space.empty_action())
         self._logits: torch.Tensor | None = None
         self._teacher_latency: dict[LatencySpec, Latency] = {}
 
@@ -319,7 +321,7 @@ def run_trial(
         if init_weights is not None:
             load_state_safetensors(student, init_weights)
         params = count_params(student)
-        flops = model_flops(student, state.input_shape)
+        flops = state.space.num_flops(action)
         t_build = time.perf_counter() - t0
         training = spec.training
         logits = state.logits(training.max_train_samples) if training.cache_teacher_logits else None
@@ -432,7 +434,7 @@ def finetune_student(
         )
         train = state.splits.train
         mean, std = train.mean.tolist(), train.std.tolist()
-        params, flops = count_params(student), model_flops(student, state.input_shape)
+        params, flops = count_params(student), state.space.num_flops(act)
         out: dict[str, Any] = {
             "accuracy": result.accuracy,
             "test_accuracy": result.test_accuracy,

@@ -15,6 +15,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from embedding.fx_trace import trace
+from embedding.reward import model_flops
 from embedding.space import CompressionSpace
 from workers import zoo
 from workers.onnx_import import (
@@ -84,11 +85,16 @@ def test_torchvision_exports_import_exactly(name: str, mode: str) -> None:
     # the search reads it like a zoo teacher, and its students build from it
     space = CompressionSpace.for_teacher(teacher.model, teacher.input_shape)
     assert len(space.shrinkable) > 0 and len(space.removable) > 0
-    student = space.materialize(space.sample(np.random.default_rng(0))).eval()
+    action = space.sample(np.random.default_rng(0))
+    student = space.materialize(action).eval()
     assert student(x).shape == (3, 10)
     assert space.num_params(space.empty_action()) == sum(
         p.numel() for p in teacher.model.parameters()
     )
+    # the workers count FLOPs from the graph: exactly what the FLOP counter measures
+    shape = teacher.input_shape
+    assert space.num_flops(space.empty_action()) == model_flops(teacher.model, shape)
+    assert space.num_flops(action) == model_flops(student, shape)
 
 
 def test_load_teacher_reads_an_onnx_file_like_a_zoo_teacher() -> None:
