@@ -204,17 +204,8 @@ def _reap_all(wait_s: float = 30.0) -> int:
 
 
 def _live_children() -> int:
-    me = str(os.getpid())
-    n = 0
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                stat = Path(f"/proc/{d}/stat").read_text()
-            except OSError:
-                continue
-            if stat.rsplit(")", 1)[1].split()[1] == me:
-                n += 1
-    return n
+    me = os.getpid()
+    return sum(1 for ppid, _ in _proc_table().values() if ppid == me)
 
 
 def _gemm() -> str | None:

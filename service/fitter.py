@@ -12,6 +12,7 @@ coordinator's fork server, which has imported torch: starting it costs a fork, n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import select
@@ -36,18 +37,9 @@ _SPACES: OrderedDict[str, CompressionSpace] = OrderedDict()
 _KEEP_SPACES = 8
 
 
-def _alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie -- dead, not yet reaped -- counts as dead)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _exit_with(coordinator: int) -> None:
     """(In the fit process.) Exit as soon as the coordinator has: a thread waits on a pidfd of
-    it (Linux 5.3+; elsewhere it checks every second)."""
+    it (Linux 5.3+; elsewhere it checks every second that the pid still exists)."""
     try:
         fd: int | None = os.pidfd_open(coordinator)
     except ProcessLookupError:
@@ -59,8 +51,10 @@ def _exit_with(coordinator: int) -> None:
         if fd is not None:
             select.select([fd], [], [])  # readable once the process has exited
         else:
-            while _alive(coordinator):
-                time.sleep(1.0)
+            with contextlib.suppress(ProcessLookupError):
+                while True:
+                    os.kill(coordinator, 0)
+                    time.sleep(1.0)
         os._exit(0)
 
     threading.Thread(target=wait, name="exit-with-coordinator", daemon=True).start()
